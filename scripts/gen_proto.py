@@ -35,11 +35,14 @@ PROTOS = {
     CTRD + "api/types/mount.proto": "rebootshim/api/types/mount.proto",
     CTRD + "api/types/task/task.proto": "rebootshim/api/types/task.proto",
     CTRD + "api/events/task.proto": "rebootshim/api/events/task.proto",
-    CTRD
-    + "api/services/ttrpc/events/v1/events.proto": "rebootshim/api/events/service.proto",
+    CTRD + "api/services/ttrpc/events/v1/events.proto": (
+        "rebootshim/api/events/service.proto"
+    ),
     CTRD + "runtime/v2/runc/options/oci.proto": "rebootshim/api/runc/options.proto",
     CTRD + "pkg/runtimeoptions/v1/api.proto": "rebootshim/api/runtimeoptions.proto",
-    "github.com/gogo/googleapis/google/rpc/status.proto": "rebootshim/api/rpc/status.proto",
+    "github.com/gogo/googleapis/google/rpc/status.proto": (
+        "rebootshim/api/rpc/status.proto"
+    ),
 }
 OWN = {ROOT / "proto" / "ttrpc" / "request.proto": "rebootshim/api/ttrpc/request.proto"}
 
@@ -94,8 +97,14 @@ def main() -> int:
         target.write_text(path.read_text())
     names = [*PROTOS.values(), *OWN.values()]
     subprocess.run(
-        ["protoc", f"-I{staging}", "-I/usr/include", f"--python_out={OUT}",
-         f"--pyi_out={OUT}", *names],
+        [
+            "protoc",
+            f"-I{staging}",
+            "-I/usr/include",
+            f"--python_out={OUT}",
+            f"--pyi_out={OUT}",
+            *names,
+        ],
         check=True,
     )
     for folder in {(OUT / n).parent for n in names}:
