@@ -76,8 +76,9 @@ generate_protos() {
     for name in "${GENERATED[@]}"; do
         if [[ ! -f src/rebootshim/api/$name ]]; then
             # gen_proto.py may need `apt-get download`, which needs the
-            # package lists that slim Debian images ship without.
-            compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null ||
+            # package lists that slim Debian images ship without (they may be
+            # compressed, e.g. *_Packages.lz4).
+            compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null ||
                 apt_update_once
             log "generating protobuf modules"
             "$VENV/bin/python" scripts/gen_proto.py
