@@ -1,0 +1,5 @@
+import sys
+
+from rebootshim.cli import main
+
+sys.exit(main())
