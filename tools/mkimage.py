@@ -79,7 +79,7 @@ class Entry:
 
 
 def list_applets(busybox: Path) -> list[str]:
-    """The applet names this busybox answers to, checked for the ones we need."""
+    """The applets this busybox answers to; all the required ones or exit."""
     out = subprocess.run(
         [str(busybox), "--list"], check=True, capture_output=True, text=True
     ).stdout
