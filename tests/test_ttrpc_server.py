@@ -230,7 +230,7 @@ def test_an_unexpected_exception_answers_unknown_and_is_logged_once(
         run(test)
     errors_logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors_logged) == 1
-    assert f"method={SERVICE}/Fail" in errors_logged[0].getMessage()
+    assert getattr(errors_logged[0], "ctx", None) == {"method": f"{SERVICE}/Fail"}
 
 
 async def expect_status(client: Client, service: str, method: str) -> tuple[int, str]:

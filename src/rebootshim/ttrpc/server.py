@@ -213,7 +213,8 @@ async def _call(name: str, handler: Handler, message: Message) -> Message:
         return _error(exc.code, str(exc))
     except Exception as exc:
         # A bug or an unexpected OSError: the one place it is logged.
-        logger.error("request failed method=%s", name, exc_info=exc)
+        # ``ctx`` carries logfmt fields (see rebootshim.log).
+        logger.error("request failed", extra={"ctx": {"method": name}}, exc_info=exc)
         return _error(UNKNOWN, str(exc) or type(exc).__name__)
     # Success leaves status unset, as the Go server does.
     return request_pb2.Response(payload=payload)
