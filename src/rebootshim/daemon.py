@@ -67,11 +67,11 @@ async def serve(flags: Flags, bundle: str) -> int:
     listener = socket.socket(fileno=LISTENER_FD)
     serving = asyncio.create_task(server.serve(listener))
     log.info("shim started", extra=logsetup.ctx(id=flags.id, pid=os.getpid()))
-    await _first(stop.wait(), service.shutdown_requested.wait(), serving)
+    await _until_any(stop, service.shutdown_requested)
     await asyncio.sleep(SHUTDOWN_LINGER)
-    server.close()
+    await server.close()
     serving.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
+    with contextlib.suppress(asyncio.CancelledError):
         await serving
     await publisher.close(timeout=2.0)
     with contextlib.suppress(FileNotFoundError):
@@ -80,11 +80,8 @@ async def serve(flags: Flags, bundle: str) -> int:
     return 0
 
 
-async def _first(*aws: object) -> None:
-    tasks = [
-        a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in aws
-    ]  # type: ignore[arg-type]
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+async def _until_any(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
-        if not isinstance(task, asyncio.Task) or task is not aws[-1]:
-            task.cancel()
+        task.cancel()
