@@ -144,7 +144,10 @@ class World:
             await asyncio.sleep(0)
 
 
-def run(bundle: Path, body: Any, policy: Policy = Policy()) -> None:
+DEFAULT = Policy()
+
+
+def run(bundle: Path, body: Any, policy: Policy = DEFAULT) -> None:
     async def main() -> None:
         await body(World(bundle, policy))
 
