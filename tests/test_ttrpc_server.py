@@ -44,6 +44,7 @@ class Echo:
         self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.finished = False
+        self.server: Server | None = None
 
     async def echo(self, request: Message) -> Message:
         assert isinstance(request, StringValue)
@@ -62,6 +63,13 @@ class Echo:
             raise RuntimeError("boom")
         raise kind(f"container c1 {request.value.lower()}")
 
+    async def shutdown(self, request: Message) -> Message:
+        assert self.server is not None
+        await self.server.close()
+        await asyncio.sleep(0.01)  # still running after close()
+        self.finished = True
+        return Empty()
+
     async def big(self, request: Message) -> Message:
         return BytesValue(value=bytes(MAX_DATA))
 
@@ -71,6 +79,7 @@ class Echo:
             "Block": (Empty, self.block),
             "Fail": (StringValue, self.fail),
             "Big": (Empty, self.big),
+            "Shutdown": (Empty, self.shutdown),
         }
 
 
@@ -78,7 +87,7 @@ class Echo:
 async def serving(
     echo: Echo, path: str | None = None
 ) -> AsyncIterator[tuple[Server, str]]:
-    """A Server with ``echo`` registered, on ``path`` or in a private tmp dir."""
+    """A Server with ``echo`` registered, on ``path`` or in a tmp dir."""
     with tempfile.TemporaryDirectory(prefix="rs-ttrpc-") as tmp:
         path = path or os.path.join(tmp, "s.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -86,6 +95,7 @@ async def serving(
         listener.listen()
         server = Server()
         server.register(SERVICE, echo.methods())
+        echo.server = server
         serve_task = asyncio.create_task(server.serve(listener))
         try:
             yield server, path
@@ -394,6 +404,21 @@ def test_close_stops_accepting_and_closes_connections() -> None:
         assert fd_count() == fds
 
     asyncio.run(main())
+
+
+def test_a_handler_may_close_the_server_it_runs_in() -> None:
+    async def test(echo: Echo, server: Server, path: str) -> None:
+        client = Client(path)
+        call = asyncio.create_task(client.call(SERVICE, "Shutdown", Empty(), Empty))
+        # Its own connection closes under it, so the reply may be lost.
+        with contextlib.suppress(ConnectionError):
+            await call
+        await eventually(lambda: echo.finished)
+        with pytest.raises(OSError):
+            await echo_call(client)
+        await client.close()
+
+    run(test)
 
 
 async def fake_server(

@@ -49,7 +49,7 @@ class RemoteError(Exception):
 
 
 class _Connection:
-    """One dialled connection, its reader task and the calls awaiting replies."""
+    """One dialled connection, its reader task and the calls awaiting it."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self._writer = writer

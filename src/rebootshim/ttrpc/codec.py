@@ -75,7 +75,7 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Frame | OversizedFrame]:
-        """Take the next bytes of the stream; return the frames they complete."""
+        """Take the next bytes; return the frames they complete, in order."""
         if self._skip:
             # Drop straight from the input so the body never reaches the
             # buffer (the buffer is empty whenever a skip is pending).

@@ -92,11 +92,11 @@ class Server:
         self._closed = asyncio.Event()
 
     def register(self, service: str, methods: Mapping[str, Method]) -> None:
-        """Add (or extend) a service: method name -> (request type, handler)."""
+        """Add (or extend) a service: method -> (request type, handler)."""
         self._services.setdefault(service, {}).update(methods)
 
     async def serve(self, listener: socket.socket) -> None:
-        """Accept connections on ``listener`` (already listening) until close()."""
+        """Accept connections on the listening ``listener`` until close()."""
         server = await asyncio.start_unix_server(self._accept, sock=listener)
         self._servers.append(server)
         try:
@@ -107,7 +107,8 @@ class Server:
     async def close(self) -> None:
         """Stop accepting, close every connection and cancel running requests.
 
-        A handler that calls close() itself is left to finish.
+        Returns once they have all ended.  A handler that calls close() is
+        not cancelled: that would cancel close()'s own caller.
         """
         self._closed.set()
         for server in self._servers:
@@ -199,7 +200,7 @@ class Server:
 
 
 def _track(tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any] | None) -> None:
-    """Keep a reference until the task is done (asyncio holds only weak ones)."""
+    """Hold the task until done: the event loop keeps only a weak ref."""
     if task is not None:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
