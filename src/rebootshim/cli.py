@@ -193,16 +193,21 @@ def _spawn_daemon(flags: Flags, listener: socket.socket) -> int:
         args += ["-publish-binary", flags.publish_binary]
     if flags.debug:
         args.append("-debug")
-    os.dup2(listener.fileno(), 3, inheritable=False)
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        pass_fds=(3,),
-        process_group=0,
-    )
-    os.close(3)
+    moved = listener.fileno() != 3
+    if moved:
+        os.dup2(listener.fileno(), 3, inheritable=False)
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(3,),
+            process_group=0,
+        )
+    finally:
+        if moved:
+            os.close(3)
     return proc.pid
 
 
