@@ -8,7 +8,7 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -127,12 +127,12 @@ class World:
             "ns",
             str(bundle),
             Stdio(),
-            self.upstream,
-            self.runc,  # type: ignore[arg-type]
-            self.reaper,
+            cast(Any, self.upstream),
+            cast(Any, self.runc),
+            cast(Any, self.reaper),
             self.events,
             SPEC,
-            policy,  # type: ignore[arg-type]
+            policy,
         )
 
     async def running(self) -> int:
@@ -267,7 +267,7 @@ def test_a_sighup_sent_through_kill_is_an_exit(tmp_path: Path) -> None:
 def test_execs_exit_before_the_init_and_before_the_reboot(tmp_path: Path) -> None:
     async def body(w: World) -> None:
         pid = await w.running()
-        proc = Exec("e1", Stdio(), FakeUpstream(), {"args": ["sleep"]})  # type: ignore[arg-type]
+        proc = Exec("e1", Stdio(), cast(Any, FakeUpstream()), {"args": ["sleep"]})
         w.container.execs["e1"] = proc
         exec_pid = await w.container.start_exec(proc)
         w.reaper.die(pid, SIGHUP)
@@ -305,7 +305,7 @@ def test_delete_of_a_running_container_is_refused(tmp_path: Path) -> None:
 def test_no_pid_file_is_left_after_an_exec_starts(tmp_path: Path) -> None:
     async def body(w: World) -> None:
         await w.running()
-        proc = Exec("e2", Stdio(), FakeUpstream(), {"args": ["true"]})  # type: ignore[arg-type]
+        proc = Exec("e2", Stdio(), cast(Any, FakeUpstream()), {"args": ["true"]})
         await w.container.start_exec(proc)
         assert not os.path.exists(tmp_path / "e2.pid")
 

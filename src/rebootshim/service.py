@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import empty_pb2
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -238,7 +238,7 @@ class TaskService:
             id=req.exec_id or req.id,
             bundle=container.bundle,
             pid=proc.pid,
-            status=to_status(proc.state),
+            status=cast(Any, to_status(proc.state)),
             stdin=proc.stdio.stdin,
             stdout=proc.stdio.stdout,
             stderr=proc.stdio.stderr,

@@ -110,7 +110,9 @@ def add_sys_boot(caps: dict[str, Any] | None) -> dict[str, Any]:
 
 def deny_kexec(seccomp: dict[str, Any] | None) -> dict[str, Any]:
     """A seccomp profile in which kexec_load/kexec_file_load fail EPERM."""
-    out = copy.deepcopy(seccomp) if seccomp else {"defaultAction": "SCMP_ACT_ALLOW"}
+    out: dict[str, Any] = (
+        copy.deepcopy(seccomp) if seccomp else {"defaultAction": "SCMP_ACT_ALLOW"}
+    )
     rules = []
     for rule in out.get("syscalls") or []:
         names = [n for n in rule.get("names") or [] if n not in KEXEC_SYSCALLS]
