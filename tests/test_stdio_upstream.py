@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -199,3 +200,20 @@ def test_aborted_boot_closes_its_pipes(tmp_path: Path) -> None:
     asyncio.run(main())
     assert open_fds() == before
     os.close(reader)
+
+
+def test_logger_fds_are_lifted_above_the_targets_a_spawn_dup2s_onto() -> None:
+    # In a fresh interpreter with fds 3.. free, the pipes land on 3..8, so
+    # fd 4 or 5 would be overwritten before its own dup2 without the lift.
+    code = """if True:
+        import os
+        os.closerange(3, 256)
+        from rebootshim.stdio.binary import _lift
+        fds = [end for _ in range(3) for end in os.pipe2(os.O_CLOEXEC)][::2]
+        kinds = [os.fstat(fd).st_ino for fd in fds]
+        _lift(fds)
+        assert min(fds) >= 6, fds
+        assert [os.fstat(fd).st_ino for fd in fds] == kinds
+    """
+    env = {"PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=30)
