@@ -61,3 +61,26 @@ def test_spawn_passes_fds_as_stdio() -> None:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
 
     assert asyncio.run(main()) == b"hello\n"
+
+
+def test_spawn_keeps_a_source_that_sits_on_a_lower_target() -> None:
+    # fd 1 handed over as the child's fd 3 must survive the dup2 onto 1.
+    async def main() -> bytes:
+        reaper = Reaper()
+        reaper.install(asyncio.get_running_loop())
+        r, w = os.pipe2(os.O_CLOEXEC)
+        saved = os.dup(1)
+        try:
+            os.dup2(w, 1)
+            _, done = reaper.spawn(["/bin/sh", "-c", "echo via3 >&3"], extra_fds=(1,))
+            os.dup2(saved, 1)
+            os.close(w)
+            await done
+            return os.read(r, 100)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(r)
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+
+    assert asyncio.run(main()) == b"via3\n"

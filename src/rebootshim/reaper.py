@@ -75,14 +75,20 @@ class Reaper:
         O_CLOEXEC on the copy); every other fd of the shim is O_CLOEXEC
         (PEP 446) and does not leak.  A missing stdio fd is /dev/null.
         """
+        sources = [stdin, stdout, stderr, *extra_fds]
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        # file_actions run in order, so a source sitting on a lower target
+        # would be overwritten before its own turn: copy those away first.
+        moved = {
+            fd: os.dup(fd)
+            for target, fd in enumerate(sources)
+            if fd is not None and fd < len(sources) and fd != target
+        }
         try:
-            actions: list[tuple[int, int, int]] = []
-            sources = [stdin, stdout, stderr, *extra_fds]
-            for target, fd in enumerate(sources):
-                actions.append(
-                    (os.POSIX_SPAWN_DUP2, null if fd is None else fd, target)
-                )
+            actions = [
+                (os.POSIX_SPAWN_DUP2, null if fd is None else moved.get(fd, fd), target)
+                for target, fd in enumerate(sources)
+            ]
             argv = list(argv)
             pid = os.posix_spawn(
                 argv[0],
@@ -93,7 +99,8 @@ class Reaper:
                 setsigmask=(),
             )
         finally:
-            os.close(null)
+            for fd in (null, *moved.values()):
+                os.close(fd)
         # A status kept for an earlier process with this pid is stale now.
         self._unclaimed.pop(pid, None)
         return pid, self._waiter(pid)

@@ -26,7 +26,12 @@ from rebootshim.api.task import shim_pb2 as pb
 from rebootshim.api.types import task_pb2 as types_pb
 from rebootshim.container import reboot
 from rebootshim.container import spec as specs
-from rebootshim.container.container import Container, write_json_atomic
+from rebootshim.container.container import (
+    DRAIN_AT_DELETE,
+    Container,
+    finish_io,
+    write_json_atomic,
+)
 from rebootshim.container.process import GO_ZERO_SECONDS, Exec, Exit, Process, Stdio
 from rebootshim.container.state import State, to_status
 from rebootshim.errors import (
@@ -295,8 +300,7 @@ class TaskService:
         if proc.state is State.RUNNING:
             raise FailedPrecondition(f"cannot delete exec {exec_id}: it is running")
         del container.execs[exec_id]
-        await proc.upstream.drain()
-        proc.upstream.close()
+        await finish_io(proc.upstream, DRAIN_AT_DELETE)
         return _delete_response(proc, proc.exit or Exit(0, time.time()))
 
     # -- execs and stdio ---------------------------------------------------------

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # PID namespace, so this is only reached when an exec escaped it).
 EXEC_EXIT_GRACE = 2.0
 NETNS_PIN = "netns"
+# How long Delete waits for output still in flight to reach the client.
+DRAIN_AT_DELETE = 10.0
 
 
 class Notifier(Protocol):
@@ -197,7 +199,7 @@ class Container(Process):
         self.notifier.exited(self.id, self.id, self.pid, code, exit.at)
         # Clients wait for their stdio copy to end before they Delete
         # (containerd task.Delete calls io.Wait first), so close it now.
-        self._background(_finish_io(self.upstream))
+        self._background(finish_io(self.upstream))
 
     async def _end_execs(self) -> None:
         """Wait for the execs that died with the PID namespace; publish them."""
@@ -361,7 +363,7 @@ class Container(Process):
         exit = proc.set_exited(code)
         log.info("exec exited", extra=self._ctx(exec_id=proc.id, exit_status=code))
         self.notifier.exited(self.id, proc.id, proc.pid, code, exit.at)
-        self._background(_finish_io(proc.upstream))
+        self._background(finish_io(proc.upstream))
 
     # -- delete ----------------------------------------------------------------
 
@@ -389,16 +391,23 @@ class Container(Process):
             mount.unmount_all(os.path.join(self.bundle, "rootfs"))
             self.rootfs_mounted = False
         for proc in [self, *self.execs.values()]:
-            await _finish_io(proc.upstream)
+            await finish_io(proc.upstream, DRAIN_AT_DELETE)
 
 
 def _fds(boot: Boot) -> StdioFds:
     return StdioFds(*boot.fds) if boot.fds is not None else NULL_STDIO
 
 
-async def _finish_io(upstream: Upstream) -> None:
-    """Deliver what is left of the output, then close the client's streams."""
-    await upstream.drain()
+async def finish_io(upstream: Upstream, timeout: float | None = None) -> None:
+    """Deliver what is left of the output, then close the client's streams.
+
+    With ``timeout``, a pipe some escaped process still holds open cannot
+    keep Delete waiting: what it has not written by then is not relayed.
+    """
+    try:
+        await asyncio.wait_for(upstream.drain(), timeout)
+    except TimeoutError:
+        log.warning("stdio still open %.0fs after exit, closing it", timeout)
     upstream.close()
 
 
