@@ -19,7 +19,7 @@ from rebootshim import log as logsetup
 from rebootshim.cli import Flags, runc_root, socket_path
 from rebootshim.events import Publisher
 from rebootshim.reaper import Reaper
-from rebootshim.runtime.runc import Runc, find_runc
+from rebootshim.runtime.runc import Runc
 from rebootshim.service import SERVICE, TaskService
 from rebootshim.ttrpc.server import Server
 
@@ -57,7 +57,7 @@ async def serve(flags: Flags, bundle: str) -> int:
     reaper.install(loop)
     ttrpc_address = os.environ.get("TTRPC_ADDRESS", f"{flags.address}.ttrpc")
     publisher = Publisher(ttrpc_address, flags.namespace)
-    runc = Runc(reaper, runc_root(bundle, flags.namespace), find_runc())
+    runc = Runc(reaper, runc_root(bundle, flags.namespace))
     service = TaskService(flags.namespace, runc, reaper, publisher)
     server = Server()
     server.register(SERVICE, service.methods())

@@ -53,7 +53,16 @@ class Runc:
     def __init__(self, reaper: Reaper, root: str, binary: str = "runc") -> None:
         self._reaper = reaper
         self.root = root
-        self.binary = binary
+        self.name = binary
+        self._path: str | None = None
+
+    @property
+    def binary(self) -> str:
+        """runc's path, looked up at first use so that a missing runc fails
+        the request (Unavailable, naming it) rather than the shim."""
+        if self._path is None:
+            self._path = find_runc(self.name)
+        return self._path
 
     async def create(
         self,
