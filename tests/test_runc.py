@@ -20,7 +20,7 @@ FAKE_RUNC = """#!/bin/sh
 echo "$@" >> "$(dirname "$0")/argv"
 log=""; prev=""
 for a in "$@"; do [ "$prev" = "--log" ] && log="$a"; prev="$a"; done
-fail() { echo "{\"level\":\"error\",\"msg\":\"$1\"}" >> "$log"; exit 1; }
+fail() { printf '{"level":"error","msg":"%s"}\n' "$1" >> "$log"; exit 1; }
 case "$*" in
   *" ps "*) echo '[1,22]' ;;
   *" kill "*) fail "container not running" ;;
