@@ -116,6 +116,15 @@ class Recorder:
     ) -> None:
         self.events.append(("exit", process_id, str(status)))
 
+    def oom(self, id: str) -> None:
+        self.events.append(("oom", id))
+
+
+@pytest.fixture(autouse=True)
+def no_oom_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake pids have no cgroup of ours to watch."""
+    monkeypatch.setattr("rebootshim.runtime.oom.watch_oom", lambda pid, cb: None)
+
 
 class World:
     def __init__(self, bundle: Path, policy: Policy) -> None:

@@ -87,6 +87,10 @@ class Events:
         )
         self.publisher.publish("/tasks/exit", msg)
 
+    def oom(self, id: str) -> None:
+        self.publisher.publish("/tasks/oom", ev.TaskOOM(container_id=id))
+        log.info("oom", extra=ctx(id=id))
+
 
 class TaskService:
     def __init__(

@@ -26,7 +26,7 @@ from rebootshim.container.state import State
 from rebootshim.errors import FailedPrecondition, NotFound
 from rebootshim.log import ctx
 from rebootshim.reaper import Reaper, exit_status
-from rebootshim.runtime import mount
+from rebootshim.runtime import mount, oom
 from rebootshim.runtime.runc import NULL_STDIO, Runc, StdioFds
 from rebootshim.stdio import Boot, Upstream
 
@@ -48,6 +48,7 @@ class Notifier(Protocol):
     def exited(
         self, id: str, process_id: str, pid: int, status: int, at: float
     ) -> None: ...
+    def oom(self, id: str) -> None: ...
 
 
 def read_pid(path: str) -> int:
@@ -98,6 +99,7 @@ class Container(Process):
         self._netns_pin: str | None = None
         self._last_start = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._oom: oom.OomWatch | None = None
 
     @property
     def pid_file(self) -> str:
@@ -147,7 +149,19 @@ class Container(Process):
         except BaseException:
             boot.abort()
             raise
-        return read_pid(self.pid_file)
+        pid = read_pid(self.pid_file)
+        self._watch_oom(pid)
+        return pid
+
+    def _watch_oom(self, pid: int) -> None:
+        """Each boot has a cgroup of its own (runc makes it anew)."""
+        self._stop_oom()
+        self._oom = oom.watch_oom(pid, lambda: self.notifier.oom(self.id))
+
+    def _stop_oom(self) -> None:
+        if self._oom is not None:
+            self._oom.close()
+            self._oom = None
 
     async def start(self) -> int:
         if self.state is not State.CREATED:
@@ -195,6 +209,7 @@ class Container(Process):
         if self.state is State.DELETED or self.has_exited:
             return
         exit = self.set_exited(code)
+        self._stop_oom()
         log.info("exited", extra=self._ctx(exit_status=code, exit_type=exit_type))
         self.notifier.exited(self.id, self.id, self.pid, code, exit.at)
         # Clients wait for their stdio copy to end before they Delete
@@ -384,6 +399,7 @@ class Container(Process):
 
     async def release(self) -> None:
         """Undo what Create set up: netns pin, rootfs, stdio.  Idempotent."""
+        self._stop_oom()
         if self._netns_pin is not None:
             mount.unpin_namespace(self._netns_pin)
             self._netns_pin = None

@@ -1,0 +1,93 @@
+"""OOM notifications from a cgroup v1 memory controller.
+
+The v1 interface (Documentation/admin-guide/cgroup-v1/memory.rst, section
+"Memory thresholds"/"OOM control"): an eventfd registered through
+``cgroup.event_control`` against ``memory.oom_control`` counts OOM events
+of that cgroup; it also fires once when the cgroup is removed, which
+is told apart by the cgroup directory being gone.  A reboot removes the
+cgroup (runc delete) and makes it again, so each boot is watched anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+MEMORY_ROOT = "/sys/fs/cgroup/memory"
+
+
+def memory_cgroup(pid: int) -> str | None:
+    """The v1 memory cgroup directory of ``pid``, or None (v2, gone)."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            folder = os.path.join(MEMORY_ROOT, path.lstrip("/"))
+            return folder if os.path.isdir(folder) else None
+    return None
+
+
+class OomWatch:
+    """Calls ``on_oom()`` on the loop for each OOM kill in one cgroup."""
+
+    def __init__(self, folder: str, on_oom: Callable[[], None]) -> None:
+        self.folder = folder
+        self._on_oom = on_oom
+        self._loop = asyncio.get_running_loop()
+        self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            self._register()
+        except OSError:
+            os.close(self._efd)
+            raise
+        self._loop.add_reader(self._efd, self._readable)
+
+    def __repr__(self) -> str:
+        return f"<OomWatch {self.folder} efd={self._efd}>"
+
+    def _register(self) -> None:
+        control = os.path.join(self.folder, "memory.oom_control")
+        ofd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with open(os.path.join(self.folder, "cgroup.event_control"), "w") as f:
+                f.write(f"{self._efd} {ofd}")
+        finally:
+            # The kernel holds its own reference once registered.
+            os.close(ofd)
+
+    def _readable(self) -> None:
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            return
+        if not os.path.isdir(self.folder):
+            self.close()  # the cgroup was removed, not an OOM
+            return
+        self._on_oom()
+
+    def close(self) -> None:
+        if self._efd < 0:
+            return
+        self._loop.remove_reader(self._efd)
+        os.close(self._efd)
+        self._efd = -1
+
+
+def watch_oom(pid: int, on_oom: Callable[[], None]) -> OomWatch | None:
+    """Watch ``pid``'s memory cgroup; None where there is no v1 one."""
+    folder = memory_cgroup(pid)
+    if folder is None:
+        return None
+    try:
+        return OomWatch(folder, on_oom)
+    except OSError as exc:
+        log.warning("cannot watch for oom in %s: %s", folder, exc)
+        return None
