@@ -174,6 +174,15 @@ class Demo:
         self.report.section(f"Run a container on {RUNTIME}")
         self.report.say("its init, a shell loop (boot count kept in /var/boot-count):")
         self.report.block(INIT_SCRIPT)
+        self.start_ctr_run()
+        self.report.say(f"{POLICY}: at most 5 reboots in 60 s")
+        self.wait_boot(1)
+        self.ctr("tasks", "ls")
+        self.report.say("its stdout so far:")
+        self.report.block("\n".join(self.output()))
+
+    def start_ctr_run(self) -> None:
+        """A foreground ``ctr run``: it copies the FIFOs, then waits."""
         options = ("run", "--runtime", RUNTIME, "--annotation", POLICY)
         fifo = ("--fifo-dir", str(self.fifo_dir))
         args = (*options, *fifo, self.ctrd.image, self.id, "sh", "-c", INIT_SCRIPT)
@@ -185,14 +194,8 @@ class Demo:
                 stdout=out,
                 stderr=err,
             )
-        self.report.say(
-            f"ctr run stays in the foreground (pid {self.run_proc.pid}), in Wait"
-        )
-        self.report.say(f"{POLICY}: at most 5 reboots in 60 s")
-        self.wait_boot(1)
-        self.ctr("tasks", "ls")
-        self.report.say("its stdout so far:")
-        self.report.block("\n".join(self.output()))
+        pid = self.run_proc.pid
+        self.report.say(f"ctr run stays in the foreground (pid {pid}), in Wait")
 
     def wait_boot(self, boot: int) -> None:
         """Wait for a new pid RUNNING, then for boot's first lines."""
