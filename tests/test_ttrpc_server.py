@@ -13,6 +13,7 @@ import os
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -502,3 +503,29 @@ def test_the_client_redials_on_the_next_call_after_the_server_restarted() -> Non
 
     with tempfile.TemporaryDirectory(prefix="rs-ttrpc-") as tmp:
         asyncio.run(main(os.path.join(tmp, "s.sock")))
+
+
+def test_a_peer_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The peer is us; make the server believe it runs as someone else.
+    monkeypatch.setattr("rebootshim.ttrpc.server.os.geteuid", lambda: 12345)
+
+    async def main() -> bytes:
+        server = Server()
+        server.register("svc", {})
+        listener = socket.socket(socket.AF_UNIX)
+        path = str(tmp_path / "s.sock")
+        listener.bind(path)
+        listener.listen()
+        serving = asyncio.create_task(server.serve(listener))
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+            got = await asyncio.wait_for(reader.read(100), 5)
+            writer.close()
+            return got
+        finally:
+            await server.close()
+            serving.cancel()
+
+    assert asyncio.run(main()) == b""  # closed without a word

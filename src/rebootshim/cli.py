@@ -125,10 +125,15 @@ def start(flags: Flags) -> int:
     path = flags.socket or socket_path(flags)
     listener = _listen(path)
     address = f"unix://{path}"
-    bundle = os.getcwd()
-    _write_atomic(os.path.join(bundle, "address"), address)
-    daemon = _spawn_daemon(flags, listener)
-    listener.close()
+    try:
+        _write_atomic(os.path.join(os.getcwd(), "address"), address)
+        daemon = _spawn_daemon(flags, listener)
+    except BaseException:
+        # Leave no socket nobody serves (containerd runs `delete` next).
+        os.unlink(path)
+        raise
+    finally:
+        listener.close()
     _raise_oom_score(daemon)
     sys.stdout.write(address)
     sys.stdout.flush()

@@ -47,7 +47,7 @@ class LogfmtFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        micros = int(record.msecs * 1000)
+        micros = int(record.created % 1 * 1_000_000)
         parts = [
             f"time={stamp}.{micros:06d}Z",
             f"level={record.levelname.lower()}",

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
@@ -46,6 +48,7 @@ RESOURCE_EXHAUSTED = 8
 UNIMPLEMENTED = 12
 
 _READ_SIZE = 1 << 16
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
 class _Connection:
@@ -127,7 +130,7 @@ class Server:
     async def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        if self._closed.is_set():
+        if self._closed.is_set() or not _is_same_user(writer):
             writer.close()
             return
         conn = _Connection(writer)
@@ -197,6 +200,20 @@ class Server:
         except DecodeError as exc:
             return _error(INVALID_ARGUMENT, f"failed to decode {name} request: {exc}")
         return await _call(name, handler, message)
+
+
+def _is_same_user(writer: asyncio.StreamWriter) -> bool:
+    """The Go server's UnixSocketRequireSameUser: only a peer with our own
+    uid and gid may call (SO_PEERCRED; ttrpc unixcreds_linux.go)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return True
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    _, uid, gid = _UCRED.unpack(creds)
+    if (uid, gid) == (os.geteuid(), os.getegid()):
+        return True
+    logger.warning("refused a connection from uid %d gid %d", uid, gid)
+    return False
 
 
 def _track(tasks: set[asyncio.Task[Any]], task: asyncio.Task[Any] | None) -> None:
