@@ -16,8 +16,10 @@ proto: setup
 	$(PY) scripts/gen_proto.py
 
 # containerd looks shims up in its own PATH (protocol doc, section 1.1).
+# A launcher of our own rather than pip's console script: `start` runs for
+# every container, and -S (no site, no `re`) saves it ~15 ms.
 install: setup
-	ln -sfn $(VENV)/bin/$(SHIM) $(BINDIR)/$(SHIM)
+	$(PY) scripts/write_launcher.py $(BINDIR)/$(SHIM)
 
 # All three checks run, so one report shows every problem.
 lint: setup

@@ -8,13 +8,11 @@ when the daemon runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
-import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from rebootshim import launch
 
 VERSION = "0.1.0"
 RUNTIME = "io.containerd.reboot.v2"
@@ -27,17 +25,16 @@ class UsageError(Exception):
     pass
 
 
-@dataclass(slots=True)
 class Flags:
-    namespace: str = ""
-    address: str = ""
-    publish_binary: str = ""
-    id: str = ""
-    bundle: str = ""
-    socket: str = ""
-    debug: bool = False
-    version: bool = False
-    action: str = ""
+    """The command line (a plain class: dataclasses costs ``start`` 15 ms)."""
+
+    __slots__ = ("action", "address", "bundle", "debug", "id", "namespace",
+                 "publish_binary", "socket", "version")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.namespace = self.address = self.publish_binary = ""
+        self.id = self.bundle = self.socket = self.action = ""
+        self.debug = self.version = False
 
 
 def parse_args(argv: Sequence[str]) -> Flags:
@@ -80,7 +77,7 @@ def _set_bool(flags: Flags, name: str, value: str) -> None:
 def socket_path(flags: Flags) -> str:
     """The runc shim's naming, so ``ctr shim`` can talk to us too."""
     key = f"{flags.address}/{flags.namespace}/{flags.id}".encode()
-    return os.path.join(SOCKET_DIR, hashlib.sha256(key).hexdigest())
+    return os.path.join(SOCKET_DIR, launch.sha256(key).hexdigest())
 
 
 def runc_root(bundle: str, namespace: str) -> str:
@@ -110,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if flags.action == "start":
         return start(flags)
+    _enable_site()
     if flags.action == "delete":
         from rebootshim.cleanup import delete
 
@@ -119,15 +117,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(flags)
 
 
+def _enable_site() -> None:
+    """The launcher runs with -S for a quick ``start``; the daemon and
+    ``delete`` need the installed packages (protobuf) after all."""
+    if not sys.flags.no_site:
+        return
+    import site
+
+    site.main()
+
+
 def start(flags: Flags) -> int:
     """Listen, write ``address``, spawn the daemon, print the address."""
     _drain_stdin()
     path = flags.socket or socket_path(flags)
-    listener = _listen(path)
+    listener = launch.listen(path)
     address = f"unix://{path}"
     try:
         _write_atomic(os.path.join(os.getcwd(), "address"), address)
-        daemon = _spawn_daemon(flags, listener)
+        daemon = launch.launch_daemon(SOCKET_DIR, _daemon_args(flags), listener)
     except BaseException:
         # Leave no socket nobody serves (containerd runs `delete` next).
         os.unlink(path)
@@ -150,30 +158,6 @@ def _drain_stdin() -> None:
         pass
 
 
-def _listen(path: str) -> socket.socket:
-    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
-    if os.path.exists(path):
-        # A leftover of a crashed shim for the same id: nobody answers it.
-        probe = socket.socket(socket.AF_UNIX)
-        try:
-            probe.connect(path)
-            raise SystemExit(
-                f"containerd-shim-reboot-v2: shim already running at {path}"
-            )
-        except OSError:
-            os.unlink(path)
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(128)
-    return sock
-
-
 def _write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -181,12 +165,8 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _spawn_daemon(flags: Flags, listener: socket.socket) -> int:
-    """Re-exec ourselves without ``start``: listener on fd 3, no stdio."""
+def _daemon_args(flags: Flags) -> list[str]:
     args = [
-        sys.executable,
-        "-m",
-        "rebootshim",
         "-namespace",
         flags.namespace,
         "-id",
@@ -196,24 +176,11 @@ def _spawn_daemon(flags: Flags, listener: socket.socket) -> int:
     ]
     if flags.publish_binary:
         args += ["-publish-binary", flags.publish_binary]
+    if flags.socket:
+        args += ["-socket", flags.socket]
     if flags.debug:
         args.append("-debug")
-    moved = listener.fileno() != 3
-    if moved:
-        os.dup2(listener.fileno(), 3, inheritable=False)
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            pass_fds=(3,),
-            process_group=0,
-        )
-    finally:
-        if moved:
-            os.close(3)
-    return proc.pid
+    return args
 
 
 def _raise_oom_score(pid: int) -> None:

@@ -46,6 +46,9 @@ def test_an_oom_kill_is_published_before_and_after_a_reboot(
         hog = exec_in(containerd, container_id, "sh", "-c", HOG, check=False)
         assert hog.returncode == 137 and "survived" not in hog.stdout
         assert wait_until(lambda: ooms() > before, 10), containerd.log_tail(30)
-        assert containerd.task_status(container_id) == "RUNNING"
+        tasks = containerd.ctr("tasks", "ls").stdout
+        assert containerd.task_status(container_id) == "RUNNING", (
+            tasks + containerd.log_tail(40)
+        )
     finally:
         events.stop()

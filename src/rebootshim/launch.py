@@ -1,0 +1,139 @@
+"""What ``start`` does, with as few imports as Python allows.
+
+containerd waits for ``start`` before every container, so this module
+sticks to builtin modules (``_socket``, not ``socket``, whose enum set-up
+alone costs more than the rest of ``start``).  The daemon comes from the
+warm zygote (zygote.py) when one answers; otherwise ``start`` spawns it
+and, for the next start, a zygote.
+"""
+
+from __future__ import annotations
+
+import _socket
+import contextlib
+import os
+import struct
+import sys
+from collections.abc import Sequence
+
+try:  # a builtin module, unlike hashlib's OpenSSL binding
+    from _sha256 import sha256  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - Python 3.12 renamed it
+    from hashlib import sha256
+
+__all__ = ["sha256"]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_LEN = struct.Struct(">I")
+SOL_SOCKET, SCM_RIGHTS = _socket.SOL_SOCKET, _socket.SCM_RIGHTS
+
+
+def listen(path: str) -> _socket.socket:
+    """The daemon's socket, listening before ``start`` prints it (rule 3)."""
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    if os.path.exists(path):
+        if _answers(path):
+            raise SystemExit(f"containerd-shim-reboot-v2: shim already runs at {path}")
+        os.unlink(path)  # left by a shim that died: nobody answers it
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return sock
+
+
+def _answers(path: str) -> bool:
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def zygote_path(socket_dir: str) -> str:
+    """The zygote of this interpreter and these exact package files, so an
+    edited or reinstalled shim never forks from stale code."""
+    digest = sha256(sys.executable.encode())
+    for root, _, files in sorted(os.walk(_PACKAGE)):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                stat = os.stat(os.path.join(root, name))
+                digest.update(f"{root}/{name}:{stat.st_mtime_ns}".encode())
+    return os.path.join(socket_dir, f"rebootshim-zygote-{digest.hexdigest()[:20]}")
+
+
+def launch_daemon(
+    socket_dir: str, args: Sequence[str], listener: _socket.socket
+) -> int:
+    """A daemon from the zygote, else a fresh one (and a zygote)."""
+    if os.environ.get("REBOOTSHIM_ZYGOTE", "1") != "0":
+        path = zygote_path(socket_dir)
+        pid = ask_zygote(path, args, listener)
+        if pid is not None:
+            return pid
+        spawn_zygote(path)
+    return spawn_daemon(args, listener)
+
+
+def ask_zygote(path: str, args: Sequence[str], listener: _socket.socket) -> int | None:
+    """The pid of a daemon the zygote at ``path`` forked, or None."""
+    import json
+
+    request = json.dumps(
+        {"args": list(args), "cwd": os.getcwd(), "env": dict(os.environ)}
+    ).encode()
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    conn.settimeout(5.0)
+    try:
+        conn.connect(path)
+        rights = [(SOL_SOCKET, SCM_RIGHTS, struct.pack("i", listener.fileno()))]
+        conn.sendmsg([_LEN.pack(len(request)) + request], rights)
+        conn.shutdown(_socket.SHUT_WR)
+        reply = json.loads(_read_all(conn) or b"{}")
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
+    pid = reply.get("pid") if isinstance(reply, dict) else None
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
+def _read_all(conn: _socket.socket) -> bytes:
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def spawn_daemon(args: Sequence[str], listener: _socket.socket) -> int:
+    """Re-exec ourselves without ``start``: listener as fd 3, no stdio, a
+    process group of its own (protocol doc 1.2, 1.3)."""
+    argv = [sys.executable, "-m", "rebootshim", *args]
+    return _spawn(argv, dict(os.environ), listener.fileno(), setsid=False)
+
+
+def spawn_zygote(path: str) -> None:
+    """Start a zygote for ``path`` in the background; never waits for it."""
+    argv = [sys.executable, "-m", "rebootshim.zygote", path]
+    # A failure only makes the next start slower.
+    with contextlib.suppress(OSError):
+        _spawn(argv, {"PATH": os.environ.get("PATH", os.defpath)}, None, setsid=True)
+
+
+def _spawn(argv: list[str], env: dict[str, str], fd3: int | None, setsid: bool) -> int:
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        actions = [(os.POSIX_SPAWN_DUP2, null, target) for target in (0, 1, 2)]
+        if fd3 is not None:
+            actions.append((os.POSIX_SPAWN_DUP2, fd3, 3))
+        if setsid:
+            return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+        return os.posix_spawn(argv[0], argv, env, file_actions=actions, setpgroup=0)
+    finally:
+        os.close(null)
