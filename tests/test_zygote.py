@@ -1,0 +1,83 @@
+"""The warm zygote: forks daemons on request, one per path, fresh code."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rebootshim import launch
+from rebootshim.reaper import set_subreaper
+
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+
+
+def wait_for_socket(path: Path, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_socket():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def zygote(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "zygote"
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen([sys.executable, "-m", "rebootshim.zygote", str(path)],
+                            env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert wait_for_socket(path), "zygote did not come up"
+        yield path
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_zygote_forks_a_daemon_that_runs_the_given_arguments(
+    zygote: Path,
+) -> None:
+    set_subreaper()  # the double-forked daemon is reparented to us
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        # An unknown flag: the daemon's main() exits 2, which we can see.
+        pid = launch.ask_zygote(str(zygote), ["-id", "x", "-nope"], listener)
+    finally:
+        listener.close()
+    assert pid is not None and pid != os.getpid()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 2
+
+
+def test_a_second_zygote_for_the_same_path_exits_at_once(zygote: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run([sys.executable, "-m", "rebootshim.zygote", str(zygote)],
+                          env=env, timeout=20, check=False)  # fmt: skip
+    assert done.returncode == 0
+    assert zygote.is_socket()  # the first one still serves
+
+
+def test_no_zygote_means_none_and_no_exception(tmp_path: Path) -> None:
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        assert launch.ask_zygote(str(tmp_path / "absent"), ["-v"], listener) is None
+    finally:
+        listener.close()
+
+
+def test_the_zygote_path_changes_when_a_package_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(launch, "_PACKAGE", str(tmp_path))
+    before = launch.zygote_path("/run/x")
+    os.utime(tmp_path / "a.py", ns=(1, 1))
+    assert launch.zygote_path("/run/x") != before
+    assert before.startswith("/run/x/rebootshim-zygote-")
