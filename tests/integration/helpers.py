@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
+import select
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -185,3 +189,83 @@ def shim_pid(containerd: Containerd, container_id: str) -> int:
     )  # fmt: skip
     assert isinstance(resp, pb.ConnectResponse)
     return int(resp.shim_pid)
+
+
+class Pty:
+    """A pty pair for a child's terminal: the test reads the master.
+
+    Give ``slave`` to the child as stdin/stdout/stderr, then call
+    ``close_slave()`` so that the master reads EOF/EIO once the child is
+    gone.  Output is collected in ``data``; ``text`` drops carriage
+    returns (the container's pty turns each newline into CR LF).
+    """
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.master, self.slave = os.openpty()
+        self.data = b""
+        self.resize(rows, cols)
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(
+            self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0)
+        )
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(errors="replace").replace("\r", "")
+
+    def close_slave(self) -> None:
+        if self.slave >= 0:
+            os.close(self.slave)
+            self.slave = -1
+
+    def read_until(self, predicate: Callable[[str], bool], timeout: float) -> bool:
+        """Read the master until predicate(text) holds, EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.text):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select([self.master], [], [], min(left, 0.2))
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # EIO: no slave left open
+                return predicate(self.text)
+            if not chunk:
+                return predicate(self.text)
+            self.data += chunk
+        return True
+
+    def close(self) -> None:
+        self.close_slave()
+        os.close(self.master)
+
+
+def ps_rows(containerd: Containerd, container_id: str) -> dict[int, str]:
+    """`ctr tasks ps`: pid -> INFO column ("-", or the exec's ProcessDetails)."""
+    rows = {}
+    for line in containerd.ctr("tasks", "ps", container_id).stdout.splitlines()[1:]:
+        pid, _, info = line.strip().partition(" ")
+        rows[int(pid)] = info.strip()
+    return rows
+
+
+def cgroup_dir(pid: int, controller: str) -> str:
+    """The host path of ``pid``'s cgroup v1 directory for ``controller``."""
+    with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                return os.path.join("/sys/fs/cgroup", controller, path.lstrip("/"))
+    raise AssertionError(f"pid {pid} has no {controller} cgroup")
+
+
+def is_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (no process, or only a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
