@@ -17,6 +17,7 @@ from rebootshim.container.process import Exec, Stdio
 from rebootshim.container.reboot import Mode, Policy
 from rebootshim.container.state import State
 from rebootshim.errors import FailedPrecondition, NotFound
+from rebootshim.runtime.runc import RuncError
 
 SIGHUP, SIGINT = int(signal.SIGHUP), int(signal.SIGINT)
 SPEC: dict[str, Any] = {
@@ -97,6 +98,8 @@ class FakeRunc:
     async def exec(self, id: str, bundle: str, process: Any, pid_file: str,
                    *_: Any) -> None:  # fmt: skip
         await self._step("exec")
+        if process["args"] == ["missing"]:
+            raise RuncError("runc exec failed: executable file not found")
         self.next_pid += 1
         Path(pid_file).write_text(str(self.next_pid))
 
@@ -317,5 +320,23 @@ def test_no_pid_file_is_left_after_an_exec_starts(tmp_path: Path) -> None:
         proc = Exec("e2", Stdio(), cast(Any, FakeUpstream()), {"args": ["true"]})
         await w.container.start_exec(proc)
         assert not os.path.exists(tmp_path / "e2.pid")
+
+    run(tmp_path, body)
+
+
+def test_a_failed_exec_start_closes_its_stdio_and_ends_its_wait(
+    tmp_path: Path,
+) -> None:
+    async def body(w: World) -> None:
+        await w.running()
+        upstream = FakeUpstream()
+        proc = Exec("bad", Stdio(), cast(Any, upstream), {"args": ["missing"]})
+        waiter = asyncio.ensure_future(proc.wait())
+        with pytest.raises(RuncError):
+            await w.container.start_exec(proc)
+        assert upstream.closed
+        assert (await asyncio.wait_for(waiter, 2)).status == 255
+        assert proc.state is State.STOPPED
+        assert not any(e[0] == "exec-started" for e in w.events.events)
 
     run(tmp_path, body)

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # PID namespace, so this is only reached when an exec escaped it).
 EXEC_EXIT_GRACE = 2.0
 NETNS_PIN = "netns"
+# The status Wait reports for an exec whose start failed.
+EXEC_FAILED = 255
 # How long Delete waits for output still in flight to reach the client.
 DRAIN_AT_DELETE = 10.0
 
@@ -362,6 +364,7 @@ class Container(Process):
             proc.pid = read_pid(pid_file)
         except BaseException:
             boot.abort()
+            self._exec_failed(proc)
             raise
         finally:
             _unlink_quietly(pid_file)
@@ -370,6 +373,14 @@ class Container(Process):
         fut = self.reaper.wait(proc.pid)
         fut.add_done_callback(lambda f: self._on_exec_exit(proc, f))
         return proc.pid
+
+    def _exec_failed(self, proc: Exec) -> None:
+        """An exec that never ran: close its stdio, so a client waiting for
+        the FIFOs to end (the Go client does after a failed Start) returns,
+        and end its Wait, as the runc shim does.  No exit event: it never
+        started."""
+        proc.upstream.close()
+        proc.set_exited(EXEC_FAILED)
 
     def _on_exec_exit(self, proc: Exec, fut: asyncio.Future[int]) -> None:
         if fut.cancelled() or proc.has_exited:
