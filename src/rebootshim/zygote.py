@@ -44,6 +44,9 @@ def serve(path: str) -> int:
         return 0  # another zygote for this path is up
     import rebootshim.daemon  # noqa: F401  (the point: import it once)
 
+    with contextlib.suppress(ImportError):
+        import setproctitle  # noqa: F401  (used by every forked daemon)
+
     listener = _bind(path)
     gc.collect()
     gc.freeze()
@@ -55,6 +58,8 @@ def serve(path: str) -> int:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}.lock")  # while still holding it
     return 0
 
 
@@ -152,6 +157,9 @@ def _become_daemon(request: dict[str, object], fd: int, drop: list[int]) -> None
     """In the grandchild: the state ``start`` would have given a daemon."""
     code = 1
     try:
+        # First: setproctitle grows into the environ block, which must
+        # still be the original one.
+        _retitle(request["args"])  # type: ignore[arg-type]
         # The collector stays frozen: unfreezing would have the next full
         # collection walk (and so copy) every page shared with the zygote.
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -175,6 +183,16 @@ def _become_daemon(request: dict[str, object], fd: int, drop: list[int]) -> None
         code = main([str(a) for a in request["args"]])  # type: ignore[attr-defined]
     finally:
         os._exit(code)
+
+
+def _retitle(args: list[str]) -> None:
+    """Show the daemon in ps as what it is, not as the zygote it was."""
+    title = " ".join([sys.executable, "-m", "rebootshim", *map(str, args)])
+    try:
+        from setproctitle import setproctitle
+    except ImportError:  # optional: only ps output suffers
+        return
+    setproctitle(title)
 
 
 if __name__ == "__main__":
