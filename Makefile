@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 SHIM := containerd-shim-reboot-v2
 BINDIR := /usr/local/bin
 PYTEST_FLAGS ?=
+BENCH_ARGS ?=
 
-.PHONY: setup proto install lint unit integration test demo
+.PHONY: setup proto install lint unit integration test demo bench
 
 setup:
 	scripts/setup.sh
@@ -45,3 +46,9 @@ test: install
 
 demo: install
 	$(PY) scripts/demo.py
+
+# rebootshim against containerd's runc shim on a private containerd (bench/);
+# writes docs/benchmarks.md, or build/bench/ with BENCH_ARGS=--quick.
+bench: install
+	REBOOTSHIM_BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
+		$(PY) -m bench $(BENCH_ARGS)
