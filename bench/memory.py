@@ -57,6 +57,7 @@ class Notes:
     """What the report says beside the figures."""
 
     zygote: dict[int, procfs.Memory] = field(default_factory=dict)  # by N
+    zygote_missing: list[int] = field(default_factory=list)  # N without one
     own_counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -102,7 +103,9 @@ def measure_one(env: Env, shim: str, n: int, cfg: Config, notes: Notes) -> list[
         samples = sample_all(env, shim_pids)
         if shim == REBOOTSHIM:
             zygote = env.zygote_pid()
-            if zygote is not None:
+            if zygote is None:
+                notes.zygote_missing.append(n)
+            else:
                 notes.zygote[n] = procfs.memory(zygote)
                 for s in samples:
                     s.zygote_share = notes.zygote[n].pss / n

@@ -249,6 +249,8 @@ def memory_notes(notes: memory.Notes) -> list[str]:
             f"- N={n}: rebootshim's zygote RSS {num(mem.rss / memory.MIB)} MiB,"
             f" PSS {num(mem.pss / memory.MIB)} MiB (charged 1/{n} per container)."
         )
+    for n in notes.zygote_missing:
+        lines.append(f"- N={n}: no rebootshim zygote found; the total leaves it out.")
     owns = ", ".join(f"{k}: {v}" for k, v in notes.own_counts.items())
     lines.append(f"- Shim descendants outside the container (most per shim): {owns}.")
     return lines
