@@ -217,3 +217,25 @@ def test_logger_fds_are_lifted_above_the_targets_a_spawn_dup2s_onto() -> None:
     """
     env = {"PYTHONPATH": os.pathsep.join(sys.path)}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=30)
+
+
+def test_a_started_boot_with_all_three_streams_leaks_no_fd(tmp_path: Path) -> None:
+    fifos = [make_fifo(tmp_path, name) for name in ("stdin", "stdout", "stderr")]
+    readers = [os.open(p, os.O_RDONLY | os.O_NONBLOCK) for p in fifos[1:]]
+    writer = os.open(fifos[0], os.O_RDWR)
+    before = open_fds()
+
+    async def main() -> None:
+        upstream = await Upstream.open(*fifos, False, namespace="ns", id="e1")
+        for _ in range(3):  # an exec, or the init and two reboots
+            boot = upstream.new_boot()
+            assert boot.fds is not None
+            for fd in set(boot.fds):
+                os.fstat(fd)
+            await boot.started()
+        upstream.close()
+
+    asyncio.run(main())
+    assert open_fds() == before
+    for fd in (*readers, writer):
+        os.close(fd)

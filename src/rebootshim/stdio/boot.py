@@ -82,8 +82,12 @@ class Boot:
         """
         opened: list[int] = []
         try:
-            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            opened.append(null)
+            # /dev/null only for the streams without a pipe: an fd no child
+            # end holds would be closed by nobody.
+            null = -1
+            if not all(streams):
+                null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                opened.append(null)
             child = [null, null, null]
             parent: list[int | None] = [None, None, None]
             for index, wanted in enumerate(streams):
