@@ -226,7 +226,10 @@ def test_a_started_boot_with_all_three_streams_leaks_no_fd(tmp_path: Path) -> No
     before = open_fds()
 
     async def main() -> None:
-        upstream = await Upstream.open(*fifos, False, namespace="ns", id="e1")
+        stdin, stdout, stderr = fifos
+        upstream = await Upstream.open(
+            stdin, stdout, stderr, False, namespace="ns", id="e1"
+        )
         for _ in range(3):  # an exec, or the init and two reboots
             boot = upstream.new_boot()
             assert boot.fds is not None
