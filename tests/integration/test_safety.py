@@ -238,3 +238,34 @@ def test_a_kill_during_a_restart_wins_and_nothing_is_resurrected(
         assert not os.path.exists(runc_state_dir(containerd, container_id))
     finally:
         events.stop()
+
+
+def test_execs_and_reboots_leak_no_shim_fd_thread_or_mount(
+    containerd: Containerd, container_id: str
+) -> None:
+    run_detached(containerd, container_id, "sleep", "600")
+    exec_in(containerd, container_id, "true")  # first exec: lazy set-ups done
+    shim = shim_pid(containerd, container_id)
+    bundle = bundle_dir(containerd, container_id)
+
+    def snapshot() -> tuple[int, int, int]:
+        return (
+            len(os.listdir(f"/proc/{shim}/fd")),
+            len(os.listdir(f"/proc/{shim}/task")),
+            len(mounts_under(bundle)),
+        )
+
+    reboot_from_exec(containerd, container_id)
+    wait_new_pid(containerd, container_id, 0)
+    exec_in(containerd, container_id, "true")
+    time.sleep(0.5)  # the exec's stdio closes just after its exit
+    before = snapshot()
+    for _ in range(3):
+        for _ in range(3):
+            exec_in(containerd, container_id, "true")
+        pid = task_pid(containerd, container_id)
+        assert pid
+        reboot_from_exec(containerd, container_id)
+        wait_new_pid(containerd, container_id, pid)
+    exec_in(containerd, container_id, "true")
+    assert wait_until(lambda: snapshot() == before, 5), (snapshot(), before)
