@@ -48,7 +48,7 @@ def test_the_zygote_forks_a_daemon_that_runs_the_given_arguments(
     listener = socket.socket(socket.AF_UNIX)
     try:
         # An unknown flag: the daemon's main() exits 2, which we can see.
-        pid = launch.ask_zygote(str(zygote), ["-id", "x", "-nope"], listener)
+        pid = launch.ask_zygote(str(zygote), ["-id", "x", "-nope"], [listener.fileno()])
     finally:
         listener.close()
     assert pid is not None and pid != os.getpid()
@@ -67,7 +67,10 @@ def test_a_second_zygote_for_the_same_path_exits_at_once(zygote: Path) -> None:
 def test_no_zygote_means_none_and_no_exception(tmp_path: Path) -> None:
     listener = socket.socket(socket.AF_UNIX)
     try:
-        assert launch.ask_zygote(str(tmp_path / "absent"), ["-v"], listener) is None
+        assert (
+            launch.ask_zygote(str(tmp_path / "absent"), ["-v"], [listener.fileno()])
+            is None
+        )
     finally:
         listener.close()
 
@@ -81,3 +84,27 @@ def test_the_zygote_path_changes_when_a_package_file_changes(
     os.utime(tmp_path / "a.py", ns=(1, 1))
     assert launch.zygote_path("/run/x") != before
     assert before.startswith("/run/x/rebootshim-zygote-")
+
+
+def test_the_zygote_runs_delete_on_the_callers_stdout_and_stderr(
+    zygote: Path, tmp_path: Path
+) -> None:
+    from rebootshim.api.task import shim_pb2
+
+    bundle = tmp_path / "state" / "task" / "ns" / "c1"
+    bundle.mkdir(parents=True)
+    (bundle / "init.pid").write_text("4242")
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        args = ["-namespace", "ns", "-id", "c1", "-bundle", str(bundle), "delete"]
+        pid = launch.ask_zygote(str(zygote), args, [out_w, err_w], mode="delete")
+        os.close(out_w)
+        os.close(err_w)
+        assert pid is not None
+        reply = shim_pb2.DeleteResponse.FromString(os.read(out_r, 4096))
+    finally:
+        os.close(out_r)
+        os.close(err_r)
+    assert (reply.pid, reply.exit_status) == (4242, 137)
+    assert reply.exited_at.seconds > 0

@@ -91,8 +91,9 @@ def runc_root(bundle: str, namespace: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        flags = parse_args(sys.argv[1:] if argv is None else argv)
+        flags = parse_args(args)
     except UsageError as exc:
         print(f"containerd-shim-reboot-v2: {exc}", file=sys.stderr)
         return 2
@@ -107,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if flags.action == "start":
         return start(flags)
+    if flags.action == "delete" and launch.delegate_delete(SOCKET_DIR, args):
+        return 0
     _enable_site()
     if flags.action == "delete":
         from rebootshim.cleanup import delete

@@ -74,25 +74,36 @@ def launch_daemon(
     """A daemon from the zygote, else a fresh one (and a zygote)."""
     if os.environ.get("REBOOTSHIM_ZYGOTE", "1") != "0":
         path = zygote_path(socket_dir)
-        pid = ask_zygote(path, args, listener)
+        pid = ask_zygote(path, args, [listener.fileno()])
         if pid is not None:
             return pid
         spawn_zygote(path)
     return spawn_daemon(args, listener)
 
 
-def ask_zygote(path: str, args: Sequence[str], listener: _socket.socket) -> int | None:
-    """The pid of a daemon the zygote at ``path`` forked, or None."""
+def ask_zygote(
+    path: str,
+    args: Sequence[str],
+    fds: Sequence[int],
+    mode: str = "daemon",
+    timeout: float = 5.0,
+) -> int | None:
+    """The pid of the process the zygote at ``path`` forked, or None.
+
+    A ``daemon`` gets ``fds`` = [listener] and the reply comes at once; a
+    ``delete`` gets [stdout, stderr] and the connection ends when it has
+    written its reply on them and exited.
+    """
     import json
 
     request = json.dumps(
-        {"args": list(args), "cwd": os.getcwd(), "env": dict(os.environ)}
+        {"mode": mode, "args": list(args), "cwd": os.getcwd(), "env": dict(os.environ)}
     ).encode()
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    conn.settimeout(5.0)
+    conn.settimeout(timeout)
     try:
         conn.connect(path)
-        rights = [(SOL_SOCKET, SCM_RIGHTS, struct.pack("i", listener.fileno()))]
+        rights = [(SOL_SOCKET, SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
         conn.sendmsg([_LEN.pack(len(request)) + request], rights)
         conn.shutdown(_socket.SHUT_WR)
         reply = json.loads(_read_all(conn) or b"{}")
@@ -102,6 +113,15 @@ def ask_zygote(path: str, args: Sequence[str], listener: _socket.socket) -> int 
         conn.close()
     pid = reply.get("pid") if isinstance(reply, dict) else None
     return pid if isinstance(pid, int) and pid > 0 else None
+
+
+def delegate_delete(socket_dir: str, args: Sequence[str]) -> bool:
+    """Have the zygote run ``delete`` on our stdout/stderr: no protobuf or
+    asyncio import here (containerd runs ``delete`` after every task)."""
+    if os.environ.get("REBOOTSHIM_ZYGOTE", "1") == "0":
+        return False
+    path = zygote_path(socket_dir)
+    return ask_zygote(path, args, [1, 2], mode="delete", timeout=30.0) is not None
 
 
 def _read_all(conn: _socket.socket) -> bytes:

@@ -91,16 +91,21 @@ def _answer(conn: socket.socket, listener: socket.socket, lock: int) -> None:
     try:
         if not _is_same_user(conn):
             return
-        request, fd = _receive(conn)
+        request, fds = _receive(conn)
     except (OSError, ValueError):
         return
     try:
-        pid = _fork_daemon(request, fd, [conn.fileno(), listener.fileno(), lock])
+        # A delete's child keeps the connection: its end is the reply.
+        drop = [listener.fileno(), lock]
+        if request.get("mode") != "delete":
+            drop.append(conn.fileno())
+        pid = _fork(request, fds, drop)
         conn.sendall(json.dumps({"pid": pid}).encode())
     except OSError:
         pass
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def _is_same_user(conn: socket.socket) -> bool:
@@ -109,27 +114,31 @@ def _is_same_user(conn: socket.socket) -> bool:
     return (uid, gid) == (os.geteuid(), os.getegid())
 
 
-def _receive(conn: socket.socket) -> tuple[dict[str, object], int]:
-    data, fds, _, _ = socket.recv_fds(conn, REQUEST_MAX + _LEN.size, 1)
-    if len(fds) != 1:
+def _receive(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
+    """A request and its fds: a daemon's listener, or a delete's stdout and
+    stderr."""
+    data, fds, _, _ = socket.recv_fds(conn, REQUEST_MAX + _LEN.size, 2)
+    try:
+        while len(data) < _LEN.size + _LEN.unpack_from(data.ljust(4, b"\0"))[0]:
+            more = conn.recv(65536)
+            if not more:
+                raise ValueError("truncated request")
+            data += more
+        request = json.loads(data[_LEN.size :])
+        wanted = (
+            2 if isinstance(request, dict) and request.get("mode") == "delete" else 1
+        )
+        if not isinstance(request, dict) or len(fds) != wanted:
+            raise ValueError("malformed request")
+    except BaseException:
         for fd in fds:
             os.close(fd)
-        raise ValueError("expected one listener fd")
-    while len(data) < _LEN.size or len(data) < _LEN.size + _LEN.unpack_from(data)[0]:
-        more = conn.recv(65536)
-        if not more:
-            os.close(fds[0])
-            raise ValueError("truncated request")
-        data += more
-    request = json.loads(data[_LEN.size :])
-    if not isinstance(request, dict):
-        os.close(fds[0])
-        raise ValueError("request is not an object")
-    return request, fds[0]
+        raise
+    return request, fds
 
 
-def _fork_daemon(request: dict[str, object], fd: int, drop: list[int]) -> int:
-    """Double fork: the daemon is reparented, like one spawned by start."""
+def _fork(request: dict[str, object], fds: list[int], drop: list[int]) -> int:
+    """Double fork: the child is reparented, like a daemon spawned by start."""
     r, w = os.pipe()
     child = os.fork()
     if child == 0:
@@ -138,7 +147,7 @@ def _fork_daemon(request: dict[str, object], fd: int, drop: list[int]) -> int:
             grandchild = os.fork()
             if grandchild == 0:
                 os.close(w)
-                _become_daemon(request, fd, drop)
+                _become(request, fds, drop)
             os.write(w, str(grandchild).encode())
         finally:
             os._exit(0)
@@ -153,8 +162,9 @@ def _fork_daemon(request: dict[str, object], fd: int, drop: list[int]) -> int:
     return int(data)
 
 
-def _become_daemon(request: dict[str, object], fd: int, drop: list[int]) -> None:
-    """In the grandchild: the state ``start`` would have given a daemon."""
+def _become(request: dict[str, object], fds: list[int], drop: list[int]) -> None:
+    """In the grandchild: the process ``start`` (a daemon) or containerd (a
+    ``delete``) would have made, then the shim's own main()."""
     code = 1
     try:
         # First: setproctitle grows into the environ block, which must
@@ -167,22 +177,32 @@ def _become_daemon(request: dict[str, object], fd: int, drop: list[int]) -> None
         for old in drop:
             os.close(old)
         os.setsid()
-        if fd != 3:
-            os.dup2(fd, 3, inheritable=False)
-            os.close(fd)
-        null = os.open(os.devnull, os.O_RDWR)
-        for target in (0, 1, 2):
-            os.dup2(null, target)
-        os.close(null)
+        _set_stdio(request.get("mode") == "delete", fds)
         os.chdir(str(request["cwd"]))
         env = request["env"]
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in dict(env).items()})  # type: ignore[call-overload]
+        os.environ["REBOOTSHIM_ZYGOTE"] = "0"  # we are the zygote's work
         from rebootshim.cli import main
 
         code = main([str(a) for a in request["args"]])  # type: ignore[attr-defined]
+        sys.stdout.flush()
     finally:
         os._exit(code)
+
+
+def _set_stdio(is_delete: bool, fds: list[int]) -> None:
+    """A daemon: listener on fd 3, stdio /dev/null.  A delete: containerd's
+    stdout and stderr of the ``delete`` process, stdin /dev/null."""
+    targets = (1, 2) if is_delete else (3,)
+    for fd, target in zip(fds, targets, strict=True):
+        if fd != target:
+            os.dup2(fd, target, inheritable=target != 3)
+            os.close(fd)
+    null = os.open(os.devnull, os.O_RDWR)
+    for target in (0,) if is_delete else (0, 1, 2):
+        os.dup2(null, target)
+    os.close(null)
 
 
 def _retitle(args: list[str]) -> None:
