@@ -108,3 +108,17 @@ def test_the_zygote_runs_delete_on_the_callers_stdout_and_stderr(
         os.close(err_r)
     assert (reply.pid, reply.exit_status) == (4242, 137)
     assert reply.exited_at.seconds > 0
+
+
+def test_requests_round_trip_and_garbage_is_refused() -> None:
+    from rebootshim.zygote import decode_request
+
+    body = launch.encode_request("delete", ["-id", "a b", "delete"])[4:]
+    request = decode_request(body)
+    assert request["mode"] == "delete"
+    assert request["args"] == ["-id", "a b", "delete"]
+    assert request["cwd"] == os.getcwd()
+    assert request["env"] == dict(os.environ)
+    for bad in (b"", b"nope\0daemon\0/\x000", body.replace(b"delete", b"format", 1)):
+        with pytest.raises(ValueError):
+            decode_request(bad)

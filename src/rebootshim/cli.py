@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 
 from rebootshim import launch
+
+TYPE_CHECKING = False  # typing and collections.abc cost `start` 2 ms
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 VERSION = "0.1.0"
 RUNTIME = "io.containerd.reboot.v2"

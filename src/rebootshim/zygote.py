@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
-import json
 import os
 import select
 import signal
@@ -29,9 +28,10 @@ import socket
 import struct
 import sys
 
+from rebootshim.launch import _LEN, MAGIC
+
 IDLE_EXIT = 30.0
 REQUEST_MAX = 1 << 20
-_LEN = struct.Struct(">I")
 
 
 # -- the zygote ---------------------------------------------------------------
@@ -100,7 +100,7 @@ def _answer(conn: socket.socket, listener: socket.socket, lock: int) -> None:
         if request.get("mode") != "delete":
             drop.append(conn.fileno())
         pid = _fork(request, fds, drop)
-        conn.sendall(json.dumps({"pid": pid}).encode())
+        conn.sendall(str(pid).encode())
     except OSError:
         pass
     finally:
@@ -114,9 +114,12 @@ def _is_same_user(conn: socket.socket) -> bool:
     return (uid, gid) == (os.geteuid(), os.getegid())
 
 
-def _receive(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
+Request = dict[str, object]
+
+
+def _receive(conn: socket.socket) -> tuple[Request, list[int]]:
     """A request and its fds: a daemon's listener, or a delete's stdout and
-    stderr."""
+    stderr (launch.encode_request)."""
     data, fds, _, _ = socket.recv_fds(conn, REQUEST_MAX + _LEN.size, 2)
     try:
         while len(data) < _LEN.size + _LEN.unpack_from(data.ljust(4, b"\0"))[0]:
@@ -124,17 +127,26 @@ def _receive(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
             if not more:
                 raise ValueError("truncated request")
             data += more
-        request = json.loads(data[_LEN.size :])
-        wanted = (
-            2 if isinstance(request, dict) and request.get("mode") == "delete" else 1
-        )
-        if not isinstance(request, dict) or len(fds) != wanted:
-            raise ValueError("malformed request")
+        request = decode_request(data[_LEN.size :])
+        if len(fds) != (2 if request["mode"] == "delete" else 1):
+            raise ValueError("wrong number of fds")
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
     return request, fds
+
+
+def decode_request(body: bytes) -> Request:
+    fields = body.decode("utf-8", "surrogateescape").split("\0")
+    if len(fields) < 4 or fields[0] != MAGIC or fields[1] not in ("daemon", "delete"):
+        raise ValueError("not a zygote request")
+    count = int(fields[3])
+    args, env = fields[4 : 4 + count], fields[4 + count :]
+    if len(args) != count:
+        raise ValueError("truncated arguments")
+    pairs = dict(entry.partition("=")[::2] for entry in env if entry)
+    return {"mode": fields[1], "cwd": fields[2], "args": args, "env": pairs}
 
 
 def _fork(request: dict[str, object], fds: list[int], drop: list[int]) -> int:
