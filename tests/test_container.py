@@ -73,13 +73,17 @@ class FakeRunc:
         self.next_pid = 100
         self.calls: list[str] = []
         self.gate: asyncio.Event | None = None
+        self.gate_on = "delete"
         self.gated = asyncio.Event()
+        self.fail_on: set[str] = set()
 
     async def _step(self, name: str) -> None:
         self.calls.append(name)
-        if self.gate is not None and name == "delete":
+        if self.gate is not None and name == self.gate_on:
             self.gated.set()
             await self.gate.wait()
+        if name in self.fail_on:
+            raise RuncError(f"runc {name} failed: injected")
 
     async def create(self, id: str, bundle: str, pid_file: str, *_: Any) -> None:
         await self._step("create")
@@ -94,6 +98,15 @@ class FakeRunc:
 
     async def kill(self, id: str, bundle: str, sig: int, all: bool = False) -> None:
         await self._step(f"kill {sig}")
+
+    async def pause(self, id: str, bundle: str) -> None:
+        await self._step("pause")
+
+    async def resume(self, id: str, bundle: str) -> None:
+        await self._step("resume")
+
+    async def update(self, id: str, bundle: str, resources: Any) -> None:
+        await self._step("update")
 
     async def exec(self, id: str, bundle: str, process: Any, pid_file: str,
                    *_: Any) -> None:  # fmt: skip
@@ -338,5 +351,96 @@ def test_a_failed_exec_start_closes_its_stdio_and_ends_its_wait(
         assert (await asyncio.wait_for(waiter, 2)).status == 255
         assert proc.state is State.STOPPED
         assert not any(e[0] == "exec-started" for e in w.events.events)
+
+    run(tmp_path, body)
+
+
+def test_a_kill_during_the_restarts_runc_start_still_wins(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        old = await w.running()
+        w.runc.gate, w.runc.gate_on = asyncio.Event(), "start"
+        w.reaper.die(old, SIGHUP)
+        await w.runc.gated.wait()
+        await w.container.kill(signal.SIGKILL, False)
+        w.runc.gate.set()
+        assert (await asyncio.wait_for(w.container.wait(), 2)).status == 137
+        assert w.runc.calls[-1] == "delete"  # the started boot is removed
+        assert [e[0] for e in w.events.events].count("start") == 1
+
+    run(tmp_path, body)
+
+
+def test_an_init_that_dies_while_paused_still_reboots(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        old = await w.running()
+        await w.container.pause()
+        w.reaper.die(old, SIGHUP)
+        await w.settle()
+        await w.container.wait_reboot()
+        assert w.container.state is State.RUNNING and w.container.pid != old
+
+    run(tmp_path, body)
+
+
+def test_a_resume_racing_a_reboot_does_not_claim_running(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        old = await w.running()
+        await w.container.pause()
+        w.runc.gate, w.runc.gate_on = asyncio.Event(), "resume"
+        resuming = asyncio.ensure_future(w.container.resume())
+        await w.runc.gated.wait()
+        w.reaper.die(old, SIGHUP)  # exits while runc resume runs
+        await w.settle()
+        w.runc.gate.set()
+        await resuming
+        await w.container.wait_reboot()
+        assert w.container.state is State.RUNNING and w.container.pid != old
+
+    run(tmp_path, body)
+
+
+def test_an_old_ignored_sighup_does_not_turn_a_reboot_into_an_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("rebootshim.container.container.SIGNAL_GRACE", 0.0)
+
+    async def body(w: World) -> None:
+        old = await w.running()
+        await w.container.kill(SIGHUP, False)  # "reload": the init ignores it
+        w.reaper.die(old, SIGHUP)  # later, a real reboot
+        await w.settle()
+        await w.container.wait_reboot()
+        assert w.container.state is State.RUNNING and w.container.pid != old
+
+    run(tmp_path, body)
+
+
+def test_an_update_during_a_restart_applies_to_the_new_boot(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        old = await w.running()
+        w.runc.gate, w.runc.gate_on = asyncio.Event(), "create"
+        w.reaper.die(old, SIGHUP)
+        await w.settle()
+        updating = asyncio.ensure_future(w.container.update({"pids": {"limit": 9}}))
+        await w.runc.gated.wait()
+        w.runc.gate.set()
+        await asyncio.wait_for(updating, 2)
+        assert w.runc.calls[-2:] == ["start", "update"]
+        assert w.container.spec["linux"]["resources"] == {"pids": {"limit": 9}}
+
+    run(tmp_path, body)
+
+
+def test_a_restart_whose_runc_delete_keeps_failing_ends_the_container(
+    tmp_path: Path,
+) -> None:
+    async def body(w: World) -> None:
+        old = await w.running()
+        w.runc.fail_on = {"delete"}
+        w.reaper.die(old, SIGHUP)
+        exit = await asyncio.wait_for(w.container.wait(), 2)
+        assert exit.status == 129
+        assert w.container.state is State.STOPPED
+        assert w.events.events[-1] == ("exit", "c1", "129")
 
     run(tmp_path, body)

@@ -89,6 +89,15 @@ def test_join_network_sets_the_pinned_path() -> None:
     assert not specs.owns_namespace(out, "network")
 
 
-def test_with_resources_replaces_linux_resources() -> None:
+def test_with_resources_sets_linux_resources() -> None:
     out = specs.with_resources(base(), {"memory": {"limit": 1 << 20}})
     assert out["linux"]["resources"] == {"memory": {"limit": 1 << 20}}
+
+
+def test_an_update_keeps_the_limits_it_does_not_name() -> None:
+    spec = specs.with_resources(base(), {"memory": {"limit": 100, "swap": 200}})
+    out = specs.with_resources(spec, {"cpu": {"shares": 512}, "memory": {"limit": 50}})
+    assert out["linux"]["resources"] == {
+        "memory": {"limit": 50, "swap": 200},
+        "cpu": {"shares": 512},
+    }

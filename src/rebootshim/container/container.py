@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # PID namespace, so this is only reached when an exec escaped it).
 EXEC_EXIT_GRACE = 2.0
 NETNS_PIN = "netns"
+# How long after a Kill a death by that signal is blamed on the Kill.
+SIGNAL_GRACE = 2.0
 # The status Wait reports for an exec whose start failed.
 EXEC_FAILED = 255
 # How long Delete waits for output still in flight to reach the client.
@@ -94,7 +96,8 @@ class Container(Process):
         self.rootfs_mounted = False
         self.reboot_count = 0
         self._storm = StormWindow(policy.max_reboots, policy.window)
-        self._signals_sent: set[int] = set()
+        # signal -> when Kill sent it, for the current boot (classify()).
+        self._signalled: dict[int, float] = {}
         self._abort_signal: int | None = None
         self._reboot_task: asyncio.Task[None] | None = None
         self._spec_dirty = False
@@ -190,7 +193,7 @@ class Container(Process):
         status = fut.result()
         if self.state not in (State.CREATED, State.RUNNING, State.PAUSED):
             return
-        kind = classify(status, self.owns_pid_ns, self._signals_sent)
+        kind = classify(status, self.owns_pid_ns, self._recent_signals())
         code = exit_status(status)
         if kind is ExitKind.REBOOT and self.policy.mode is Mode.RESTART:
             if self._storm.allow(time.monotonic()):
@@ -204,6 +207,16 @@ class Container(Process):
                 extra=self._ctx(exit_status=code, reboot_count=self.reboot_count),
             )
         self._background(self._finish(code, kind.value))
+
+    def _recent_signals(self) -> set[int]:
+        """Signals Kill delivered shortly before the init died.
+
+        An init that owns its PID namespace ignores a handler-less signal
+        from outside (pid_namespaces(7)), so one sent long ago, ignored,
+        must not turn a later real reboot into an exit.
+        """
+        now = time.monotonic()
+        return {s for s, at in self._signalled.items() if now - at < SIGNAL_GRACE}
 
     async def _finish(self, code: int, exit_type: str) -> None:
         """The container ends: execs' exits first, then the init's."""
@@ -237,28 +250,29 @@ class Container(Process):
     # -- the reboot flow -------------------------------------------------------
 
     async def _reboot(self, code: int) -> None:
-        """DESIGN.md flow 3, steps 2-5; a Kill or Delete ends it early."""
+        """DESIGN.md flow 3, steps 2-5; a Kill or Delete ends it early.
+
+        The abort flag is checked after every await that precedes RUNNING;
+        the last check and the move to RUNNING happen in one step of the
+        loop, so a Kill is either seen here or lands on the new boot.
+        """
         began = time.monotonic()
         self.reboot_count += 1
+        self._signalled.clear()
+        self._stop_oom()  # the old cgroup's removal is no OOM
         log.info("rebooting", extra=self._ctx(reboot_count=self.reboot_count))
         try:
-            await self._end_execs()
-            await self._delete_runc_container()
-            if self._aborted():
-                return await self._abort_reboot()
-            self._write_spec_if_dirty()
-            pid = await self._create_boot()
-            if self._aborted():
-                return await self._abort_reboot(created=True)
-            await self.runc.start(self.id, self.bundle)
+            pid = await self._recreate()
         except Exception as exc:
             log.error(
                 "reboot failed, ending the container: %s",
                 exc,
                 extra=self._ctx(reboot_count=self.reboot_count),
             )
-            await self._delete_runc_container()
+            await self._delete_quietly()
             return await self._finish(code, ExitKind.REBOOT.value)
+        if pid is None or self._aborted():
+            return await self._abort_reboot(created=pid is not None)
         self.pid = pid
         self.move(State.RUNNING)
         self._watch_init(pid)
@@ -271,12 +285,26 @@ class Container(Process):
             ),
         )
 
+    async def _recreate(self) -> int | None:
+        """Steps 2-4: the new boot's pid, or None if a Kill came first."""
+        await self._end_execs()
+        await self._delete_runc_container()
+        if self._aborted():
+            return None
+        self._write_spec_if_dirty()
+        pid = await self._create_boot()
+        if self._aborted():
+            await self._delete_quietly()
+            return None
+        await self.runc.start(self.id, self.bundle)
+        return pid
+
     def _aborted(self) -> bool:
         return self._abort_signal is not None
 
     async def _abort_reboot(self, created: bool = False) -> None:
         if created:
-            await self._delete_runc_container()
+            await self._delete_quietly()
         sig = self._abort_signal or signal.SIGKILL
         log.info("reboot cancelled by kill", extra=self._ctx(signal=sig))
         await self._finish(128 + sig, ExitKind.EXIT.value)
@@ -284,6 +312,13 @@ class Container(Process):
     async def _delete_runc_container(self) -> None:
         with contextlib.suppress(NotFound):
             await self.runc.delete(self.id, self.bundle, force=True)
+
+    async def _delete_quietly(self) -> None:
+        """On a path that ends the container anyway: log, never raise."""
+        try:
+            await self._delete_runc_container()
+        except Exception as exc:
+            log.warning("runc delete failed: %s", exc, extra=self._ctx())
 
     def _write_spec_if_dirty(self) -> None:
         if self._spec_dirty:
@@ -306,7 +341,7 @@ class Container(Process):
         if self.state is State.STOPPED and all:
             return
         self.check_alive()
-        self._signals_sent.add(sig)
+        self._signalled[sig] = time.monotonic()
         await self.runc.kill(self.id, self.bundle, sig, all=all)
 
     async def pause(self) -> None:
@@ -315,19 +350,24 @@ class Container(Process):
                 f"container {self.id} is {self.state}, not running"
             )
         await self.runc.pause(self.id, self.bundle)
+        if self.state is not State.RUNNING:
+            # The init died (say, rebooted) while runc froze the cgroup.
+            raise FailedPrecondition(f"container {self.id} is {self.state} now")
         self.move(State.PAUSED)
 
     async def resume(self) -> None:
         if self.state is not State.PAUSED:
             raise FailedPrecondition(f"container {self.id} is {self.state}, not paused")
         await self.runc.resume(self.id, self.bundle)
-        self.move(State.RUNNING)
+        if self.state is State.PAUSED:  # else it exited or rebooted meanwhile
+            self.move(State.RUNNING)
 
     async def update(self, resources: dict[str, Any]) -> None:
-        """Apply now (if running) and keep for every later boot."""
+        """Apply now and keep for every later boot (merged, as runc update
+        merges: limits the request does not name stay as they were)."""
+        await self.wait_reboot()
         self.check_alive()
-        if self.state is not State.REBOOTING:
-            await self.runc.update(self.id, self.bundle, resources)
+        await self.runc.update(self.id, self.bundle, resources)
         self.spec = specs.with_resources(self.spec, resources)
         self._spec_dirty = True
 
@@ -387,7 +427,10 @@ class Container(Process):
             return
         code = exit_status(fut.result())
         exit = proc.set_exited(code)
-        log.info("exec exited", extra=self._ctx(exec_id=proc.id, exit_status=code))
+        log.info(
+            "exec exited",
+            extra=ctx(id=self.id, exec_id=proc.id, pid=proc.pid, exit_status=code),
+        )
         self.notifier.exited(self.id, proc.id, proc.pid, code, exit.at)
         self._background(finish_io(proc.upstream))
 

@@ -141,6 +141,20 @@ def join_network(spec: Spec, path: str) -> Spec:
 
 
 def with_resources(spec: Spec, resources: dict[str, Any]) -> Spec:
+    """The spec with ``resources`` merged into linux.resources: what an
+    Update names replaces, what it does not name stays (as runc update)."""
     out = copy.deepcopy(spec)
-    out.setdefault("linux", {})["resources"] = resources
+    linux = out.setdefault("linux", {})
+    linux["resources"] = merge(linux.get("resources") or {}, resources)
+    return out
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts merge key by key; any other value replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
     return out

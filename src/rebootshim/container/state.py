@@ -24,7 +24,9 @@ class State(StrEnum):
 _MOVES: dict[State, frozenset[State]] = {
     State.CREATED: frozenset({State.RUNNING, State.STOPPED, State.DELETED}),
     State.RUNNING: frozenset({State.PAUSED, State.REBOOTING, State.STOPPED}),
-    State.PAUSED: frozenset({State.RUNNING, State.STOPPED}),
+    # A paused init can still die: reboot(2) may have run just before the
+    # freeze took hold.
+    State.PAUSED: frozenset({State.RUNNING, State.REBOOTING, State.STOPPED}),
     State.REBOOTING: frozenset({State.RUNNING, State.STOPPED}),
     State.STOPPED: frozenset({State.DELETED}),
     State.DELETED: frozenset(),
