@@ -198,17 +198,18 @@ class Env:
         return shim_pid(self.ctrd, container_id)
 
     def zygote_pid(self) -> int | None:
-        """rebootshim's warm zygote (one per installation), if it is up.
+        """rebootshim's warm zygote for this containerd, if it is up.
 
         It holds a flock on its socket's ``.lock``; the socket's name is
-        computed the way the shim computes it, from this interpreter (the
-        one `make install` wrote into the launcher) and the package files.
+        computed the way the shim computes it (launch.zygote_path), from
+        this process, which shares containerd's mount namespace and cgroup.
         """
         try:
             from rebootshim import cli, launch
         except ImportError:
             return None
-        return flock_holder(launch.zygote_path(cli.SOCKET_DIR) + ".lock")
+        path = launch.zygote_path(cli.SOCKET_DIR, self.ctrd.address)
+        return flock_holder(path + ".lock")
 
     def shim_log_values(self, container_id: str, msg: str, key: str) -> list[float]:
         """Numbers logged by the shim as ``key=`` on lines ``msg=`` for id."""

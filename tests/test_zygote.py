@@ -80,10 +80,16 @@ def test_the_zygote_path_changes_when_a_package_file_changes(
 ) -> None:
     (tmp_path / "a.py").write_text("x = 1\n")
     monkeypatch.setattr(launch, "_PACKAGE", str(tmp_path))
-    before = launch.zygote_path("/run/x")
+    before = launch.zygote_path("/run/x", "/c.sock")
     os.utime(tmp_path / "a.py", ns=(1, 1))
-    assert launch.zygote_path("/run/x") != before
+    assert launch.zygote_path("/run/x", "/c.sock") != before
     assert before.startswith("/run/x/rebootshim-zygote-")
+
+
+def test_each_containerd_gets_its_own_zygote() -> None:
+    assert launch.zygote_path("/run/x", "/a.sock") != launch.zygote_path(
+        "/run/x", "/b.sock"
+    )
 
 
 def test_the_zygote_runs_delete_on_the_callers_stdout_and_stderr(

@@ -111,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if flags.action == "start":
         return start(flags)
-    if flags.action == "delete" and launch.delegate_delete(SOCKET_DIR, args):
+    if flags.action == "delete" and launch.delegate_delete(
+        SOCKET_DIR, flags.address, args
+    ):
         return 0
     _enable_site()
     if flags.action == "delete":
@@ -141,7 +143,9 @@ def start(flags: Flags) -> int:
     address = f"unix://{path}"
     try:
         _write_atomic(os.path.join(os.getcwd(), "address"), address)
-        daemon = launch.launch_daemon(SOCKET_DIR, _daemon_args(flags), listener)
+        daemon = launch.launch_daemon(
+            SOCKET_DIR, flags.address, _daemon_args(flags), listener
+        )
     except BaseException:
         # Leave no socket nobody serves (containerd runs `delete` next).
         os.unlink(path)

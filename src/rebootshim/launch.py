@@ -58,10 +58,18 @@ def _answers(path: str) -> bool:
         probe.close()
 
 
-def zygote_path(socket_dir: str) -> str:
-    """The zygote of this interpreter and these exact package files, so an
-    edited or reinstalled shim never forks from stale code."""
-    digest = sha256(sys.executable.encode())
+def zygote_path(socket_dir: str, address: str) -> str:
+    """The zygote for this containerd, as seen from here.
+
+    Keyed by the interpreter and the package files (edited or reinstalled
+    code never forks from a stale zygote) and by what a forked process
+    inherits from the zygote rather than from containerd: the mount
+    namespace and cgroup, and containerd's address (one per instance).
+    """
+    digest = sha256(f"{sys.executable}\0{address}\0{os.geteuid()}".encode())
+    digest.update(str(os.stat("/proc/self/ns/mnt").st_ino).encode())
+    with open("/proc/self/cgroup", "rb") as f:
+        digest.update(f.read())
     for root, _, files in sorted(os.walk(_PACKAGE)):
         for name in sorted(files):
             if name.endswith(".py"):
@@ -71,11 +79,11 @@ def zygote_path(socket_dir: str) -> str:
 
 
 def launch_daemon(
-    socket_dir: str, args: Sequence[str], listener: _socket.socket
+    socket_dir: str, address: str, args: Sequence[str], listener: _socket.socket
 ) -> int:
     """A daemon from the zygote, else a fresh one (and a zygote)."""
     if os.environ.get("REBOOTSHIM_ZYGOTE", "1") != "0":
-        path = zygote_path(socket_dir)
+        path = zygote_path(socket_dir, address)
         pid = ask_zygote(path, args, [listener.fileno()])
         if pid is not None:
             return pid
@@ -123,12 +131,12 @@ def ask_zygote(
     return int(reply) if reply.isdigit() and int(reply) > 0 else None
 
 
-def delegate_delete(socket_dir: str, args: Sequence[str]) -> bool:
+def delegate_delete(socket_dir: str, address: str, args: Sequence[str]) -> bool:
     """Have the zygote run ``delete`` on our stdout/stderr: no protobuf or
     asyncio import here (containerd runs ``delete`` after every task)."""
     if os.environ.get("REBOOTSHIM_ZYGOTE", "1") == "0":
         return False
-    path = zygote_path(socket_dir)
+    path = zygote_path(socket_dir, address)
     return ask_zygote(path, args, [1, 2], mode="delete", timeout=30.0) is not None
 
 

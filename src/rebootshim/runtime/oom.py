@@ -43,6 +43,7 @@ class OomWatch:
         self._on_oom = on_oom
         self._loop = asyncio.get_running_loop()
         self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._kills = self._oom_kills() or 0
         try:
             self._register()
         except OSError:
@@ -68,10 +69,27 @@ class OomWatch:
             os.eventfd_read(self._efd)
         except BlockingIOError:
             return
-        if not os.path.isdir(self.folder):
+        kills = self._oom_kills()
+        if kills is None:
             self.close()  # the cgroup was removed, not an OOM
             return
-        self._on_oom()
+        if kills > self._kills:
+            # The count, not the wake-up: a cgroup removed and made again
+            # at the same path by a reboot wakes us too.
+            self._kills = kills
+            self._on_oom()
+
+    def _oom_kills(self) -> int | None:
+        """memory.oom_control's oom_kill counter; None if the cgroup is gone."""
+        try:
+            with open(os.path.join(self.folder, "memory.oom_control")) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            return None
+        return None
 
     def close(self) -> None:
         if self._efd < 0:
