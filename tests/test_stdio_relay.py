@@ -237,3 +237,35 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> Callable[[], int
 
     monkeypatch.setattr(os, name, counting)
     return lambda: calls[0]
+
+
+def test_an_unread_fifo_holds_many_short_lines_not_one_per_slot(
+    tmp_path: Path,
+) -> None:
+    import fcntl
+    import struct
+    import termios
+    import time
+
+    from rebootshim.stdio.output import OutputRelay
+
+    def queued(fd: int) -> int:
+        raw = fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4)
+        return int(struct.unpack("i", raw)[0])
+
+    sink = os.open(make_fifo(tmp_path, "out"), os.O_RDWR | os.O_CLOEXEC)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    relay = OutputRelay("t", sink)
+    try:
+        relay.push(read_end)
+        for _ in range(400):  # a trickle: each line moves on its own
+            os.write(write_end, b"line\n")
+            time.sleep(0.0005)
+        deadline = time.monotonic() + 5
+        while queued(sink) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert queued(sink) == 2000  # splice per line would stop at 16
+    finally:
+        os.close(write_end)
+        relay.close()
+        os.close(sink)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import os
+import struct
+import termios
 import threading
 from collections import deque
 
@@ -30,6 +33,9 @@ from rebootshim.stdio.fdio import (
 logger = logging.getLogger(__name__)
 
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+# Splice only this much or more at once; less goes through read/write.
+SPLICE_MIN = 16384
+_INT = struct.Struct("i")
 
 # (sources done needed, loop, future) for one drain() call.
 _Waiter = tuple[int, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
@@ -147,9 +153,13 @@ class OutputRelay:
         """Copy ``source`` into the sink until EOF or stop."""
         # splice(2) moves pipe pages without a trip through Python; it
         # needs a pipe on one side and refuses an O_APPEND file (EINVAL).
+        # Each splice takes a whole slot of the sink pipe, though (16 in
+        # 64 KiB), so a trickle of short lines is written instead, which
+        # packs them into pages: an unread FIFO then holds 64 KiB of lines,
+        # as with the runc shim, not 16 of them.
         use_splice = is_fifo(source)
         while wait_ready(source, READY_IN, self._waker, self._stopped):
-            if use_splice:
+            if use_splice and _available(source) >= SPLICE_MIN:
                 try:
                     if os.splice(source, self._sink, CHUNK, flags=_SPLICE_FLAGS) == 0:
                         return
@@ -189,6 +199,14 @@ class OutputRelay:
                     return
         except OSError as exc:
             logger.warning("failed to drain %s: %s", self.name, exc)
+
+
+def _available(fd: int) -> int:
+    """Bytes waiting in pipe ``fd`` (FIONREAD)."""
+    try:
+        return int(_INT.unpack(fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0])
+    except OSError:
+        return 0
 
 
 def _read(source: int) -> bytes | None:
