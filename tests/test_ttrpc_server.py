@@ -529,3 +529,22 @@ def test_a_peer_of_another_user_is_refused(
             serving.cancel()
 
     assert asyncio.run(main()) == b""  # closed without a word
+
+
+def test_past_the_in_flight_bound_the_server_stops_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rebootshim.ttrpc.server.MAX_IN_FLIGHT", 4)
+
+    async def test(echo: Echo, server: Server, path: str) -> None:
+        peer = await RawPeer.connect(path)
+        for stream_id in range(1, 20, 2):  # ten blocking requests
+            peer.send(request_frame(stream_id, "Block"))
+        await echo.started.wait()
+        await asyncio.sleep(0.1)
+        assert len(server._requests) == 4  # the rest wait unread
+        echo.release.set()
+        assert len(await peer.responses(10)) == 10
+        await peer.close()
+
+    run(test)

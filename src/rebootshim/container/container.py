@@ -41,7 +41,7 @@ SIGNAL_GRACE = 2.0
 # The status Wait reports for an exec whose start failed.
 EXEC_FAILED = 255
 # How long Delete waits for output still in flight to reach the client.
-DRAIN_AT_DELETE = 10.0
+DRAIN_AT_DELETE = 2.0
 
 
 class Notifier(Protocol):

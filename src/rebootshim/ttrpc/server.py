@@ -48,6 +48,8 @@ RESOURCE_EXHAUSTED = 8
 UNIMPLEMENTED = 12
 
 _READ_SIZE = 1 << 16
+# Requests one connection may have in flight (each Wait holds one).
+MAX_IN_FLIGHT = 4096
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
@@ -144,6 +146,10 @@ class Server:
 
     async def _read_loop(self, reader: asyncio.StreamReader, conn: _Connection) -> None:
         decoder = FrameDecoder()
+        # Back-pressure: past this many requests in flight on one
+        # connection, stop reading (the peer's writes then block) instead
+        # of holding a task per pipelined frame without bound.
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         while True:
             try:
                 data = await reader.read(_READ_SIZE)
@@ -152,10 +158,19 @@ class Server:
             if not data or conn.is_closed:
                 return  # closed by close(): start nothing new
             for frame in decoder.feed(data):
-                self._spawn(self._handle(conn, frame))
+                await slots.acquire()
+                self._spawn(self._handle_in_slot(conn, frame, slots))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         _track(self._requests, asyncio.create_task(coro))
+
+    async def _handle_in_slot(
+        self, conn: _Connection, frame: Frame | OversizedFrame, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self._handle(conn, frame)
+        finally:
+            slots.release()
 
     async def _handle(self, conn: _Connection, frame: Frame | OversizedFrame) -> None:
         if isinstance(frame, OversizedFrame):
