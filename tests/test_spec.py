@@ -101,3 +101,26 @@ def test_an_update_keeps_the_limits_it_does_not_name() -> None:
         "memory": {"limit": 50, "swap": 200},
         "cpu": {"shares": 512},
     }
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"process": 5}, "process must be a JSON object"),
+        ({"annotations": 7}, "annotations must be a JSON object"),
+        ({"annotations": {"a": 1}}, "annotations['a'] must be a string"),
+        ({"process": {"capabilities": {"bounding": "CAP_KILL"}}}, "bounding must"),
+        ({"linux": {"seccomp": {"syscalls": [5]}}}, "syscalls[] must be"),
+        ({"linux": {"namespaces": {}}}, "namespaces must be a JSON array"),
+    ],
+)
+def test_a_malformed_spec_is_invalid_argument_naming_the_field(
+    patch: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidArgument, match="malformed OCI spec") as err:
+        specs.validate({**base(), **patch})
+    assert field in str(err.value)
+
+
+def test_a_well_formed_spec_validates() -> None:
+    specs.validate(specs.prepare(base(), RESTART))

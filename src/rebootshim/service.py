@@ -102,6 +102,7 @@ class TaskService:
         self.publisher = publisher
         self.events = Events(publisher)
         self.containers: dict[str, Container] = {}
+        self._creating: set[str] = set()
         self.shutdown_requested = asyncio.Event()
 
     def methods(self) -> dict[str, tuple[type[Message], Any]]:
@@ -136,18 +137,15 @@ class TaskService:
     async def create(self, req: pb.CreateTaskRequest) -> pb.CreateTaskResponse:
         if not req.id:
             raise InvalidArgument("container id must not be empty")
-        if req.id in self.containers:
+        if req.id in self.containers or req.id in self._creating:
             raise AlreadyExists(f"container {req.id} already exists")
         if req.checkpoint:
             raise Unimplemented("restoring from a checkpoint is not supported")
-        config = os.path.join(req.bundle, "config.json")
-        original = _read_spec(config)
-        policy = specs.effective_policy(
-            original, reboot.parse_policy(original.get("annotations") or {})
-        )
-        prepared = specs.prepare(original, policy)
-        stdio = Stdio(req.stdin, req.stdout, req.stderr, req.terminal)
-        container = await self._setup(req, config, original, prepared, policy, stdio)
+        self._creating.add(req.id)  # a second Create of it waits for none
+        try:
+            container = await self._create(req)
+        finally:
+            self._creating.discard(req.id)
         self.containers[req.id] = container
         self.publisher.publish(
             "/tasks/create",
@@ -166,6 +164,17 @@ class TaskService:
         )
         log.info("created", extra=ctx(id=req.id, pid=container.pid))
         return pb.CreateTaskResponse(pid=container.pid)
+
+    async def _create(self, req: pb.CreateTaskRequest) -> Container:
+        config = os.path.join(req.bundle, "config.json")
+        original = _read_spec(config)
+        specs.validate(original)
+        policy = specs.effective_policy(
+            original, reboot.parse_policy(original.get("annotations") or {})
+        )
+        prepared = specs.prepare(original, policy)
+        stdio = Stdio(req.stdin, req.stdout, req.stderr, req.terminal)
+        return await self._setup(req, config, original, prepared, policy, stdio)
 
     async def _setup(
         self,

@@ -28,6 +28,42 @@ _DENYING = (
 )
 
 
+def validate(spec: Spec) -> None:
+    """The fields this module reads must have their OCI types, so that a
+    malformed spec fails Create as InvalidArgument, not as a crash."""
+    _expect(spec.get("annotations", {}), dict, "annotations")
+    for key, value in (spec.get("annotations") or {}).items():
+        _expect(value, str, f"annotations[{key!r}]")
+    process = _expect(spec.get("process", {}), dict, "process")
+    caps = _expect(process.get("capabilities", {}), dict, "process.capabilities")
+    for name, values in caps.items():
+        _expect_strings(values, f"process.capabilities.{name}")
+    linux = _expect(spec.get("linux", {}), dict, "linux")
+    for ns in _expect(linux.get("namespaces", []), list, "linux.namespaces"):
+        _expect(ns, dict, "linux.namespaces[]")
+    _expect(linux.get("resources", {}), dict, "linux.resources")
+    seccomp = _expect(linux.get("seccomp", {}), dict, "linux.seccomp")
+    for rule in _expect(seccomp.get("syscalls", []), list, "linux.seccomp.syscalls"):
+        _expect(rule, dict, "linux.seccomp.syscalls[]")
+        _expect_strings(rule.get("names", []), "linux.seccomp.syscalls[].names")
+
+
+def _expect(value: Any, kind: type, field: str) -> Any:
+    if value is not None and not isinstance(value, kind):
+        raise InvalidArgument(
+            f"malformed OCI spec: {field} must be a {_JSON_NAMES[kind]}"
+        )
+    return value if value is not None else kind()
+
+
+def _expect_strings(values: Any, field: str) -> None:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InvalidArgument(f"malformed OCI spec: {field} must be a list of strings")
+
+
+_JSON_NAMES: dict[type, str] = {dict: "JSON object", list: "JSON array", str: "string"}
+
+
 def namespace(spec: Spec, kind: str) -> dict[str, Any] | None:
     """The spec's linux.namespaces entry of ``kind``, or None."""
     for ns in spec.get("linux", {}).get("namespaces") or []:
