@@ -444,3 +444,21 @@ def test_a_restart_whose_runc_delete_keeps_failing_ends_the_container(
         assert w.events.events[-1] == ("exit", "c1", "129")
 
     run(tmp_path, body)
+
+
+def test_an_exec_that_races_a_reboot_runs_in_the_new_boot(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        old = await w.running()
+        proc = Exec("late", Stdio(), cast(Any, FakeUpstream()), {"args": ["missing"]})
+        w.runc.gate, w.runc.gate_on = asyncio.Event(), "exec"
+        starting = asyncio.ensure_future(w.container.start_exec(proc))
+        await w.runc.gated.wait()
+        w.reaper.die(old, SIGHUP)  # the reboot lands while runc exec runs
+        proc.spec = {"args": ["true"]}  # the first try fails, as runc would
+        w.runc.gate.set()
+        pid = await asyncio.wait_for(starting, 2)
+        assert proc.state is State.RUNNING and pid == proc.pid
+        assert w.container.pid != old
+        assert w.runc.calls.count("exec") == 2
+
+    run(tmp_path, body)

@@ -38,6 +38,8 @@ EXEC_EXIT_GRACE = 2.0
 NETNS_PIN = "netns"
 # How long after a Kill a death by that signal is blamed on the Kill.
 SIGNAL_GRACE = 2.0
+# After a failed runc exec, how long to look for a reboot that explains it.
+EXEC_RACE_GRACE = 0.1
 # The status Wait reports for an exec whose start failed.
 EXEC_FAILED = 255
 # How long Delete waits for output still in flight to reach the client.
@@ -388,11 +390,36 @@ class Container(Process):
             raise NotFound(f"exec {exec_id} not found in container {self.id}") from None
 
     async def start_exec(self, proc: Exec) -> int:
-        await self.wait_reboot()
-        if self.state not in (State.RUNNING, State.PAUSED):
-            raise FailedPrecondition(
-                f"container {self.id} is {self.state}, not running"
-            )
+        """runc exec; an exec that raced a reboot runs in the new boot."""
+        for attempt in (1, 2):
+            await self.wait_reboot()
+            if self.state not in (State.RUNNING, State.PAUSED):
+                self._exec_failed(proc)
+                raise FailedPrecondition(
+                    f"container {self.id} is {self.state}, not running"
+                )
+            boots = self.reboot_count
+            try:
+                await self._exec_once(proc)
+                break
+            except Exception:
+                if attempt == 1 and await self._rebooted_since(boots):
+                    continue
+                self._exec_failed(proc)
+                raise
+        proc.move(State.RUNNING)
+        self.notifier.exec_started(self.id, proc.id, proc.pid)
+        fut = self.reaper.wait(proc.pid)
+        fut.add_done_callback(lambda f: self._on_exec_exit(proc, f))
+        return proc.pid
+
+    async def _rebooted_since(self, boots: int) -> bool:
+        """Whether a reboot began after ``boots``; the init's exit may reach
+        the reaper a moment after runc found the container stopped."""
+        await asyncio.sleep(EXEC_RACE_GRACE)
+        return self.reboot_count != boots or self.state is State.REBOOTING
+
+    async def _exec_once(self, proc: Exec) -> None:
         pid_file = os.path.join(self.bundle, f"{proc.id}.pid")
         process = specs.prepare_exec(proc.spec, self.policy, self.spec)
         boot = proc.upstream.new_boot()
@@ -404,15 +431,9 @@ class Container(Process):
             proc.pid = read_pid(pid_file)
         except BaseException:
             boot.abort()
-            self._exec_failed(proc)
             raise
         finally:
             _unlink_quietly(pid_file)
-        proc.move(State.RUNNING)
-        self.notifier.exec_started(self.id, proc.id, proc.pid)
-        fut = self.reaper.wait(proc.pid)
-        fut.add_done_callback(lambda f: self._on_exec_exit(proc, f))
-        return proc.pid
 
     def _exec_failed(self, proc: Exec) -> None:
         """An exec that never ran: close its stdio, so a client waiting for
