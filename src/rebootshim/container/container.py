@@ -36,8 +36,12 @@ log = logging.getLogger(__name__)
 # PID namespace, so this is only reached when an exec escaped it).
 EXEC_EXIT_GRACE = 2.0
 NETNS_PIN = "netns"
-# How long after a Kill a death by that signal is blamed on the Kill.
-SIGNAL_GRACE = 2.0
+# How long after a Kill a death by that signal is blamed on the Kill.  An
+# init that owns its PID namespace cannot die of a signal it has no
+# handler for (SIGNAL_UNKILLABLE; kernel sig_task_ignored()), so this
+# guard is defensive, and kept short: a real reboot soon after a
+# "reload" SIGHUP must still restart the container.
+SIGNAL_GRACE = 0.1
 # After a failed runc exec, how long to look for a reboot that explains it.
 EXEC_RACE_GRACE = 0.1
 # The status Wait reports for an exec whose start failed.
