@@ -37,13 +37,18 @@ def listen(path: str) -> _socket.socket:
         if _answers(path):
             raise SystemExit(f"containerd-shim-reboot-v2: shim already runs at {path}")
         os.unlink(path)  # left by a shim that died: nobody answers it
+    return bind_private(path, 128)
+
+
+def bind_private(path: str, backlog: int) -> _socket.socket:
+    """A unix socket listening on ``path``, mode 0600 (root's only)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
         sock.bind(path)
     finally:
         os.umask(old)
-    sock.listen(128)
+    sock.listen(backlog)
     return sock
 
 

@@ -173,7 +173,7 @@ class TaskService:
             original, reboot.parse_policy(original.get("annotations") or {})
         )
         prepared = specs.prepare(original, policy)
-        stdio = Stdio(req.stdin, req.stdout, req.stderr, req.terminal)
+        stdio = _stdio(req)
         return await self._setup(req, config, original, prepared, policy, stdio)
 
     async def _setup(
@@ -186,15 +186,7 @@ class TaskService:
         stdio: Stdio,
     ) -> Container:
         """Mount, open stdio, runc create; on failure undo all of it."""
-        upstream = await Upstream.open(
-            req.stdin,
-            req.stdout,
-            req.stderr,
-            req.terminal,
-            namespace=self.namespace,
-            id=req.id,
-            spawn=self._spawn,
-        )
+        upstream = await self._open_stdio(req, req.id)
         container = Container(
             req.id,
             self.namespace,
@@ -229,6 +221,17 @@ class TaskService:
             await self.runc.delete(container.id, container.bundle, force=True)
         await container.release()
         write_json_atomic(config, original)
+
+    async def _open_stdio(self, req: StdioRequest, id: str) -> Upstream:
+        return await Upstream.open(
+            req.stdin,
+            req.stdout,
+            req.stderr,
+            req.terminal,
+            namespace=self.namespace,
+            id=id,
+            spawn=self._spawn,
+        )
 
     def _spawn(
         self, argv: list[str], *, extra_fds: tuple[int, ...], env: dict[str, str]
@@ -326,16 +329,8 @@ class TaskService:
             raise AlreadyExists(f"exec {req.exec_id} already exists")
         container.check_alive()
         process = _json_any(req.spec, "exec process spec")
-        upstream = await Upstream.open(
-            req.stdin,
-            req.stdout,
-            req.stderr,
-            req.terminal,
-            namespace=self.namespace,
-            id=req.exec_id,
-            spawn=self._spawn,
-        )
-        stdio = Stdio(req.stdin, req.stdout, req.stderr, req.terminal)
+        upstream = await self._open_stdio(req, req.exec_id)
+        stdio = _stdio(req)
         container.execs[req.exec_id] = Exec(req.exec_id, stdio, upstream, process)
         self.publisher.publish(
             "/tasks/exec-added",
@@ -403,6 +398,13 @@ class TaskService:
         raise Unimplemented(
             f"{type(req).__name__.removesuffix('Request')} is not supported"
         )
+
+
+StdioRequest = pb.CreateTaskRequest | pb.ExecProcessRequest
+
+
+def _stdio(req: StdioRequest) -> Stdio:
+    return Stdio(req.stdin, req.stdout, req.stderr, req.terminal)
 
 
 def _read_spec(path: str) -> specs.Spec:

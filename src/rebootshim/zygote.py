@@ -28,7 +28,7 @@ import socket
 import struct
 import sys
 
-from rebootshim.launch import _LEN, MAGIC
+from rebootshim.launch import _LEN, MAGIC, bind_private
 
 IDLE_EXIT = 30.0
 REQUEST_MAX = 1 << 20
@@ -76,14 +76,7 @@ def _lock(path: str) -> int | None:
 def _bind(path: str) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # we hold the lock: whatever is there is stale
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(64)
-    return sock
+    return socket.socket(fileno=bind_private(path, 64).detach())
 
 
 def _answer(conn: socket.socket, listener: socket.socket, lock: int) -> None:
