@@ -27,6 +27,7 @@ import signal
 import socket
 import struct
 import sys
+from typing import cast
 
 from rebootshim.launch import _LEN, MAGIC, bind_private
 
@@ -174,7 +175,7 @@ def _become(request: dict[str, object], fds: list[int], drop: list[int]) -> None
     try:
         # First: setproctitle grows into the environ block, which must
         # still be the original one.
-        _retitle(request["args"])  # type: ignore[arg-type]
+        _retitle(cast(list[str], request["args"]))
         # The collector stays frozen: unfreezing would have the next full
         # collection walk (and so copy) every page shared with the zygote.
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -184,13 +185,12 @@ def _become(request: dict[str, object], fds: list[int], drop: list[int]) -> None
         os.setsid()
         _set_stdio(request.get("mode") == "delete", fds)
         os.chdir(str(request["cwd"]))
-        env = request["env"]
         os.environ.clear()
-        os.environ.update({str(k): str(v) for k, v in dict(env).items()})  # type: ignore[call-overload]
+        os.environ.update(cast(dict[str, str], request["env"]))
         os.environ["REBOOTSHIM_ZYGOTE"] = "0"  # we are the zygote's work
         from rebootshim.cli import main
 
-        code = main([str(a) for a in request["args"]])  # type: ignore[attr-defined]
+        code = main(cast(list[str], request["args"]))
         sys.stdout.flush()
     finally:
         os._exit(code)
