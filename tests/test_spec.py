@@ -44,13 +44,19 @@ def test_restart_denies_kexec_with_eperm_when_there_is_no_profile() -> None:
     ]
 
 
-def test_kexec_is_removed_from_an_allow_list_of_a_denying_profile() -> None:
+def test_a_denying_profile_allows_reboot_and_no_longer_kexec() -> None:
     profile = {
         "defaultAction": "SCMP_ACT_ERRNO",
-        "syscalls": [{"names": ["read", "kexec_load"], "action": "SCMP_ACT_ALLOW"}],
+        "syscalls": [
+            {"names": ["read", "kexec_load"], "action": "SCMP_ACT_ALLOW"},
+            {"names": ["reboot"], "action": "SCMP_ACT_ERRNO"},
+        ],
     }
-    out = specs.deny_kexec(profile)
-    assert out["syscalls"] == [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]
+    out = specs.reboot_seccomp(profile)
+    assert out["syscalls"] == [
+        {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+        {"names": ["reboot"], "action": "SCMP_ACT_ALLOW"},
+    ]
 
 
 def test_prepare_does_not_mutate_its_input() -> None:

@@ -174,3 +174,15 @@ def test_poweroff_inside_ends_the_container_with_130(
     )  # fmt: skip
     stdout, _ = run.communicate(timeout=60)
     assert (run.returncode, stdout) == (130, "bye\n")
+
+
+def test_a_reboot_works_under_containerds_default_seccomp_profile(
+    containerd: Containerd, container_id: str
+) -> None:
+    # ctr's profile allows reboot(2) only with CAP_SYS_BOOT, judged before
+    # the shim granted it; the shim allows it along with the capability.
+    run_detached(containerd, container_id, "sleep", "600", options=("--seccomp",))
+    pid = task_pid(containerd, container_id)
+    assert pid
+    reboot_from_exec(containerd, container_id)
+    assert wait_new_pid(containerd, container_id, pid) != pid

@@ -141,11 +141,16 @@ def kexec_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.parametrize("profile", [(), ("--seccomp",)], ids=["none", "default"])
 def test_kexec_load_and_kexec_file_load_are_denied(
-    containerd: Containerd, container_id: str, kexec_probe: Path
+    containerd: Containerd,
+    container_id: str,
+    kexec_probe: Path,
+    profile: tuple[str, ...],
 ) -> None:
     mount = f"type=bind,src={kexec_probe},dst=/probe,options=rbind:ro"
-    run_detached(containerd, container_id, "sleep", "600", options=("--mount", mount))
+    options = ("--mount", mount, *profile)
+    run_detached(containerd, container_id, "sleep", "600", options=options)
     out = exec_in(containerd, container_id, "/probe/probe").stdout
     assert out == "EPERM EPERM\n"
 

@@ -99,16 +99,16 @@ def prepare(spec: Spec, policy: Policy) -> Spec:
     """The spec the container runs with, for every boot.
 
     With reboot handling on: CAP_SYS_BOOT (so ``reboot`` works without
-    --privileged) and the kexec deny rule.  Without its own PID namespace
-    a container never keeps CAP_SYS_BOOT: reboot(2) there reaches the
-    host or the namespace's real init.
+    --privileged), reboot(2) allowed and kexec denied by seccomp.
+    Without its own PID namespace a container never keeps CAP_SYS_BOOT:
+    reboot(2) there reaches the host or the namespace's real init.
     """
     out = copy.deepcopy(spec)
     process = out.setdefault("process", {})
     if policy.mode is Mode.RESTART:
         process["capabilities"] = add_sys_boot(process.get("capabilities"))
         linux = out.setdefault("linux", {})
-        linux["seccomp"] = deny_kexec(linux.get("seccomp"))
+        linux["seccomp"] = reboot_seccomp(linux.get("seccomp"))
     elif not owns_namespace(spec, "pid") and process.get("capabilities"):
         process["capabilities"] = drop_sys_boot(process["capabilities"])
     return out
@@ -144,18 +144,28 @@ def add_sys_boot(caps: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def deny_kexec(seccomp: dict[str, Any] | None) -> dict[str, Any]:
-    """A seccomp profile in which kexec_load/kexec_file_load fail EPERM."""
+def reboot_seccomp(seccomp: dict[str, Any] | None) -> dict[str, Any]:
+    """A seccomp profile in which reboot(2) is allowed and kexec_load and
+    kexec_file_load fail EPERM.
+
+    A client-made default profile (``ctr run --seccomp``, CRI's
+    RuntimeDefault) allows reboot only with CAP_SYS_BOOT, judged from the
+    spec before the shim granted it; the restart policy grants it, so
+    reboot is allowed with it, as those profiles would have.
+    """
     out: dict[str, Any] = (
         copy.deepcopy(seccomp) if seccomp else {"defaultAction": "SCMP_ACT_ALLOW"}
     )
+    ours = (*KEXEC_SYSCALLS, "reboot")
     rules = []
     for rule in out.get("syscalls") or []:
-        names = [n for n in rule.get("names") or [] if n not in KEXEC_SYSCALLS]
+        names = [n for n in rule.get("names") or [] if n not in ours]
         if names:
             rules.append({**rule, "names": names})
     # runc refuses a rule whose action equals the default action.
-    if out.get("defaultAction") not in _DENYING:
+    if out.get("defaultAction") in _DENYING:
+        rules.append({"names": ["reboot"], "action": "SCMP_ACT_ALLOW"})
+    else:
         rules.append(
             {
                 "names": list(KEXEC_SYSCALLS),
