@@ -18,7 +18,12 @@ from .helpers import (
 
 LIMIT = str(16 << 20)
 # A shell variable of 64 MB in a 16 MiB cgroup: the OOM killer ends it.
-HOG = "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived"
+# The hog (and its pipeline) volunteer first, or a second OOM while the
+# first victim's memory is being freed may pick the container's init.
+HOG = (
+    "echo 1000 > /proc/self/oom_score_adj; "
+    "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived"
+)
 
 
 def test_an_oom_kill_is_published_before_and_after_a_reboot(

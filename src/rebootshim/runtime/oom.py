@@ -18,6 +18,9 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 MEMORY_ROOT = "/sys/fs/cgroup/memory"
+# After a wake-up, how often and how far apart the kill count is read.
+RECHECKS = 20
+RECHECK_DELAY = 0.05
 
 
 def memory_cgroup(pid: int) -> str | None:
@@ -69,15 +72,23 @@ class OomWatch:
             os.eventfd_read(self._efd)
         except BlockingIOError:
             return
+        self._check(RECHECKS)
+
+    def _check(self, attempts: int) -> None:
+        """Publish if oom_kill grew.  The eventfd fires when the cgroup
+        goes OOM, a moment before the kill is counted, and also when the
+        cgroup is removed (a reboot makes it again at the same path), so
+        the count decides, looked at again for a short while."""
+        if self._efd < 0:
+            return
         kills = self._oom_kills()
         if kills is None:
             self.close()  # the cgroup was removed, not an OOM
-            return
-        if kills > self._kills:
-            # The count, not the wake-up: a cgroup removed and made again
-            # at the same path by a reboot wakes us too.
+        elif kills > self._kills:
             self._kills = kills
             self._on_oom()
+        elif attempts > 0:
+            self._loop.call_later(RECHECK_DELAY, self._check, attempts - 1)
 
     def _oom_kills(self) -> int | None:
         """memory.oom_control's oom_kill counter; None if the cgroup is gone."""
