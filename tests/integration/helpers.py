@@ -29,9 +29,16 @@ def run_detached(
     containerd: Containerd, container_id: str, *argv: str, options: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     return containerd.ctr(
-        "run", "--detach", "--runtime", SHIM_RUNTIME, *options, containerd.image,
+        "run", "--detach", "--runtime", SHIM_RUNTIME, *fifo_dir(containerd),
+        *options, containerd.image,
         container_id, *argv,
     )  # fmt: skip
+
+
+def fifo_dir(containerd: Containerd) -> tuple[str, str]:
+    """ctr's FIFOs in the test's own temp dir: a task whose shim was killed
+    leaves them behind, and /run/containerd/fifo is shared."""
+    return ("--fifo-dir", str(containerd.tmp / "fifo"))
 
 
 def task_pid(containerd: Containerd, container_id: str) -> int | None:
@@ -52,7 +59,8 @@ def exec_in(
 ) -> subprocess.CompletedProcess[str]:
     exec_id = f"x{time.monotonic_ns() % 10**9}"
     return containerd.ctr(
-        "tasks", "exec", "--exec-id", exec_id, container_id, *argv,
+        "tasks", "exec", "--exec-id", exec_id, *fifo_dir(containerd),
+        container_id, *argv,
         check=check, timeout=timeout,
     )  # fmt: skip
 
