@@ -22,7 +22,7 @@ from rebootshim.errors import InvalidArgument
 ANNOTATION = "io.containerd.reboot.v2.policy"
 DEFAULT_MAX_REBOOTS = 10
 DEFAULT_WINDOW = 60.0
-_GRAMMAR = "exit | restart | restart:N/DURATION (e.g. restart:5/60s, 5/2m)"
+_GRAMMAR = "exit | restart | restart:N/DURATION (e.g. restart:5/60s, restart:5/2m)"
 _BOUND = re.compile(r"^(\d+)/(\d+(?:\.\d+)?)(s|m|h)?$")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
