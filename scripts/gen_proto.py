@@ -61,7 +61,13 @@ def source_root() -> Path:
     unpacked = BUILD / "debs"
     if not (unpacked / GOCODE / PROTOS_KEY).exists():
         unpacked.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["apt-get", "download", *DEBS], cwd=unpacked, check=True)
+        # As root into a root-only dir: apt's _apt sandbox user could not
+        # write there (it warns and falls back), so ask for root at once.
+        subprocess.run(
+            ["apt-get", "-o", "APT::Sandbox::User=root", "download", *DEBS],
+            cwd=unpacked,
+            check=True,
+        )
         for deb in sorted(unpacked.glob("*.deb")):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
     return unpacked / GOCODE
