@@ -108,17 +108,12 @@ class Container(Process):
         self._reboot_task: asyncio.Task[None] | None = None
         self._spec_dirty = False
         self._netns_pin: str | None = None
-        self._last_start = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._oom: oom.OomWatch | None = None
 
     @property
     def pid_file(self) -> str:
         return os.path.join(self.bundle, "init.pid")
-
-    @property
-    def is_rebooting(self) -> bool:
-        return self.state is State.REBOOTING
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` on the loop, keeping a reference until it ends."""
@@ -182,7 +177,6 @@ class Container(Process):
         await self.runc.start(self.id, self.bundle)
         if self.state is State.CREATED:
             self.move(State.RUNNING)
-        self._last_start = time.monotonic()
         self.notifier.started(self.id, self.pid)
         log.info("started", extra=self._ctx())
         return self.pid
