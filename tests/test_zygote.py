@@ -128,3 +128,36 @@ def test_requests_round_trip_and_garbage_is_refused() -> None:
     for bad in (b"", b"nope\0daemon\0/\x000", body.replace(b"delete", b"format", 1)):
         with pytest.raises(ValueError):
             decode_request(bad)
+
+
+def test_a_request_its_client_gave_up_on_is_never_run(zygote: Path) -> None:
+    # The client sends a request and closes before the handshake's GO:
+    # the zygote must drop it (it used to fork it late, twice over).
+    marker = zygote.parent / "ran"
+    args = ["-namespace", "ns", "-id", "c1", "-bundle", str(marker), "delete"]
+    out_r, out_w = os.pipe()
+    conn = socket.socket(socket.AF_UNIX)
+    try:
+        conn.connect(str(zygote))
+        socket.send_fds(conn, [launch.encode_request("delete", args)], [out_w, out_w])
+        conn.close()  # gone before READY/GO
+        os.close(out_w)
+        assert os.read(out_r, 100) == b""  # EOF: no delete ever wrote
+    finally:
+        os.close(out_r)
+
+
+def test_a_silent_client_holds_the_zygote_only_briefly(zygote: Path) -> None:
+    set_subreaper()  # the double-forked daemon is reparented to us
+    idle = socket.socket(socket.AF_UNIX)
+    idle.connect(str(zygote))  # connects, never sends
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        started = time.monotonic()
+        pid = launch.ask_zygote(str(zygote), ["-id", "x", "-nope"], [listener.fileno()])
+        assert pid is not None
+        assert time.monotonic() - started < 3
+    finally:
+        idle.close()
+        listener.close()
+    os.waitpid(pid, 0)

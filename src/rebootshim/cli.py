@@ -110,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     if flags.action == "start":
-        return start(flags)
+        try:
+            return start(flags)
+        except launch.ZygoteError as exc:
+            print(f"containerd-shim-reboot-v2: {exc}", file=sys.stderr)
+            return 1
     if flags.action == "delete" and launch.delegate_delete(
         SOCKET_DIR, flags.address, args
     ):

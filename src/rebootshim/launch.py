@@ -108,6 +108,14 @@ def encode_request(mode: str, args: Sequence[str]) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
+class ZygoteError(Exception):
+    """The zygote took the request and then failed: falling back now could
+    run it twice, so the caller must fail instead."""
+
+
+READY, GO = b"R", b"G"
+
+
 def ask_zygote(
     path: str,
     args: Sequence[str],
@@ -115,11 +123,15 @@ def ask_zygote(
     mode: str = "daemon",
     timeout: float = 5.0,
 ) -> int | None:
-    """The pid of the process the zygote at ``path`` forked, or None.
+    """The pid of the process the zygote at ``path`` forked; None if no
+    zygote took the request, so the caller may do the work itself.
 
-    A ``daemon`` gets ``fds`` = [listener] and the reply comes at once; a
-    ``delete`` gets [stdout, stderr] and the connection ends when it has
-    written its reply on them and exited.
+    A two-step handshake makes that safe: the zygote answers READY, and
+    acts only on our GO.  A request we gave up on (closed before GO, e.g.
+    it waited in a busy zygote's queue) is dropped by the zygote, never run
+    late.  A ``daemon`` gets ``fds`` = [listener] and its pid comes back at
+    once; a ``delete`` gets [stdout, stderr] and the connection ends when
+    it has written its reply on them and exited.
     """
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     conn.settimeout(timeout)
@@ -127,13 +139,28 @@ def ask_zygote(
         conn.connect(path)
         rights = [(SOL_SOCKET, SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
         conn.sendmsg([encode_request(mode, args)], rights)
-        conn.shutdown(_socket.SHUT_WR)
-        reply = _read_all(conn)
+        if conn.recv(1) != READY:
+            conn.close()
+            return None
+        conn.sendall(GO)
     except OSError:
+        conn.close()
         return None
+    return _committed_reply(conn, mode)
+
+
+def _committed_reply(conn: _socket.socket, mode: str) -> int:
+    """After GO: the zygote's reply, or ZygoteError, never None."""
+    try:
+        conn.settimeout(None if mode == "delete" else 30.0)
+        reply = _read_all(conn)
+    except OSError as exc:
+        raise ZygoteError(f"zygote failed after taking the request: {exc}") from exc
     finally:
         conn.close()
-    return int(reply) if reply.isdigit() and int(reply) > 0 else None
+    if not reply.isdigit() or int(reply) <= 0:
+        raise ZygoteError(f"zygote failed after taking the request: {reply!r}")
+    return int(reply)
 
 
 def delegate_delete(socket_dir: str, address: str, args: Sequence[str]) -> bool:
@@ -142,7 +169,10 @@ def delegate_delete(socket_dir: str, address: str, args: Sequence[str]) -> bool:
     if os.environ.get("REBOOTSHIM_ZYGOTE", "1") == "0":
         return False
     path = zygote_path(socket_dir, address)
-    return ask_zygote(path, args, [1, 2], mode="delete", timeout=30.0) is not None
+    try:
+        return ask_zygote(path, args, [1, 2], mode="delete") is not None
+    except ZygoteError:
+        return False  # delete is idempotent: running it again is safe
 
 
 def _read_all(conn: _socket.socket) -> bytes:

@@ -29,7 +29,7 @@ import struct
 import sys
 from typing import cast
 
-from rebootshim.launch import _LEN, MAGIC, bind_private
+from rebootshim.launch import _LEN, GO, MAGIC, READY, bind_private
 
 IDLE_EXIT = 30.0
 REQUEST_MAX = 1 << 20
@@ -81,7 +81,9 @@ def _bind(path: str) -> socket.socket:
 
 
 def _answer(conn: socket.socket, listener: socket.socket, lock: int) -> None:
-    conn.settimeout(5.0)
+    # Short: requests are served one at a time, and a client that sends
+    # nothing must not hold the others up for long (they fall back).
+    conn.settimeout(1.0)
     try:
         if not _is_same_user(conn):
             return
@@ -89,6 +91,8 @@ def _answer(conn: socket.socket, listener: socket.socket, lock: int) -> None:
     except (OSError, ValueError):
         return
     try:
+        if not _has_go(conn):
+            return  # the client gave up (closed): do nothing, fork nothing
         # A delete's child keeps the connection: its end is the reply.
         drop = [listener.fileno(), lock]
         if request.get("mode") != "delete":
@@ -100,6 +104,15 @@ def _answer(conn: socket.socket, listener: socket.socket, lock: int) -> None:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _has_go(conn: socket.socket) -> bool:
+    """READY, then the client's GO (launch.ask_zygote's handshake)."""
+    try:
+        conn.sendall(READY)
+        return conn.recv(1) == GO
+    except OSError:
+        return False
 
 
 def _is_same_user(conn: socket.socket) -> bool:
@@ -187,13 +200,23 @@ def _become(request: dict[str, object], fds: list[int], drop: list[int]) -> None
         os.chdir(str(request["cwd"]))
         os.environ.clear()
         os.environ.update(cast(dict[str, str], request["env"]))
-        os.environ["REBOOTSHIM_ZYGOTE"] = "0"  # we are the zygote's work
-        from rebootshim.cli import main
-
-        code = main(cast(list[str], request["args"]))
+        code = _run(str(request["mode"]), cast(list[str], request["args"]))
         sys.stdout.flush()
     finally:
         os._exit(code)
+
+
+def _run(mode: str, args: list[str]) -> int:
+    """The shim's own entry points: a delete runs cleanup directly (not
+    cli.main, which would ask a zygote again)."""
+    from rebootshim.cli import main, parse_args
+
+    if mode != "delete":
+        return main(args)
+    from rebootshim.cleanup import delete
+
+    flags = parse_args(args)
+    return delete(flags) if flags.action == "delete" else 2
 
 
 def _set_stdio(is_delete: bool, fds: list[int]) -> None:
