@@ -98,6 +98,19 @@ def test_explicit_restart_with_a_shared_pid_namespace_fails_create(
     assert mounts_under(bundle_dir(containerd, container_id)) == []
 
 
+def test_explicit_restart_with_the_host_pid_namespace_fails_create(
+    containerd: Containerd, container_id: str
+) -> None:
+    # Refused in Create, before runc: nothing ever runs in the host's PID
+    # namespace here (runc on this VM could not join it anyway).
+    err = ctr_run_fails(
+        containerd, container_id, "--with-ns", "pid:/proc/1/ns/pid",
+        "--annotation", f"{POLICY}=restart",
+    )  # fmt: skip
+    assert "own PID namespace" in err and "invalid argument" in err
+    assert mounts_under(bundle_dir(containerd, container_id)) == []
+
+
 def test_a_bad_annotation_fails_create_naming_it_and_the_allowed_values(
     containerd: Containerd, container_id: str
 ) -> None:
