@@ -93,6 +93,9 @@ class FakeRunc:
     async def start(self, id: str, bundle: str) -> None:
         await self._step("start")
 
+    def remove_stopped(self, id: str) -> bool:
+        return False  # as if anything were unexpected: runc delete runs
+
     async def delete(self, id: str, bundle: str, force: bool = False) -> None:
         await self._step("delete")
 

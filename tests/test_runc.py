@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import stat
 from pathlib import Path
@@ -101,3 +102,53 @@ def test_a_missing_runc_binary_fails_the_call_as_unavailable(tmp_path: Path) -> 
             await runc.start("c1", str(tmp_path))
 
     drive(tmp_path, body, binary="no-such-runc")
+
+
+def stopped_state(root: Path, cgroups: Path, **extra: object) -> Path:
+    """A runc state dir as libcontainer writes it, for container c1."""
+    paths = {name: str(cgroups / name / "ns" / "c1") for name in ("memory", "pids")}
+    for path in paths.values():
+        Path(path).mkdir(parents=True)
+    state = {
+        "id": "c1",
+        "init_process_pid": 999999999,
+        "init_process_start": 1,
+        "config": {"Hooks": {"poststop": None}},
+        "cgroup_paths": {**paths, "cpu": paths["pids"]},
+        **extra,
+    }
+    folder = root / "c1"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps(state))
+    return folder
+
+
+def test_a_stopped_container_is_removed_without_runc(tmp_path: Path) -> None:
+    folder = stopped_state(tmp_path / "root", tmp_path / "cg")
+    runc = Runc(Reaper(), str(tmp_path / "root"), "no-runc-needed")
+    assert runc.remove_stopped("c1")
+    assert not folder.exists()
+    assert not (tmp_path / "cg" / "memory" / "ns" / "c1").exists()
+    assert (tmp_path / "cg" / "memory" / "ns").exists()  # parents stay, as runc
+
+
+@pytest.mark.parametrize(
+    "case", ["poststop hooks", "live init", "busy cgroup", "no state"]
+)
+def test_anything_unexpected_is_left_to_runc_delete(tmp_path: Path, case: str) -> None:
+    root, cgroups = tmp_path / "root", tmp_path / "cg"
+    extra: dict[str, object] = {}
+    if case == "poststop hooks":
+        extra["config"] = {"Hooks": {"poststop": [{"path": "/bin/true"}]}}
+    if case == "live init":
+        with open(f"/proc/{os.getpid()}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]
+        extra.update(init_process_pid=os.getpid(), init_process_start=int(start))
+    if case != "no state":
+        stopped_state(root, cgroups, **extra)
+    if case == "busy cgroup":
+        (cgroups / "memory" / "ns" / "c1" / "child").mkdir()
+    runc = Runc(Reaper(), str(root), "no-runc-needed")
+    assert not runc.remove_stopped("c1")
+    if case != "no state" and case != "busy cgroup":
+        assert (root / "c1" / "state.json").exists()

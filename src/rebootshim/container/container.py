@@ -288,7 +288,8 @@ class Container(Process):
     async def _recreate(self) -> int | None:
         """Steps 2-4: the new boot's pid, or None if a Kill came first."""
         await self._end_execs()
-        await self._delete_runc_container()
+        if not self.runc.remove_stopped(self.id):
+            await self._delete_runc_container()
         if self._aborted():
             return None
         self._write_spec_if_dirty()

@@ -77,6 +77,34 @@ class Runc:
             args += ["--console-socket", console_socket]
         await self._run([*args, id], bundle, stdio=stdio)
 
+    def remove_stopped(self, id: str) -> bool:
+        """What ``runc delete`` does for a container whose init is dead
+        and that has no poststop hooks (libcontainer's destroy(): remove
+        its cgroups, then its state), without starting runc: about 10 ms
+        of every reboot's downtime.  False where anything is not as
+        expected; the caller then runs ``runc delete``, which also
+        finishes whatever this left.
+        """
+        state_dir = os.path.join(self.root, id)
+        try:
+            with open(os.path.join(state_dir, "state.json"), "rb") as f:
+                state = json.load(f)
+            hooks = state["config"].get("Hooks") or {}
+            paths = {p for p in (state.get("cgroup_paths") or {}).values() if p}
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            return False
+        if hooks.get("poststop") or state.get("intel_rdt_path") or _is_alive(state):
+            return False
+        for path in sorted(paths, reverse=True):  # children before parents
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False  # busy or nested: runc's own removal retries
+        shutil.rmtree(state_dir, ignore_errors=True)
+        return not os.path.exists(state_dir)
+
     async def start(self, id: str, bundle: str) -> None:
         await self._run(["start", id], bundle)
 
@@ -205,6 +233,18 @@ async def _read_all(fd: int) -> bytes:
         loop.remove_reader(fd)
         os.close(fd)
     return b"".join(chunks)
+
+
+def _is_alive(state: dict[str, Any]) -> bool:
+    """Whether the init runc recorded still runs (same pid, same start)."""
+    pid, started = state.get("init_process_pid", 0), state.get("init_process_start")
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, TypeError, IndexError):
+        return False
+    # Field 22 (starttime), the 20th after the command's closing paren.
+    return len(fields) > 19 and fields[19] == str(started) and fields[0] != "Z"
 
 
 def _size(path: str) -> int:
