@@ -199,6 +199,8 @@ def test_a_killed_shim_then_tasks_rm_leaves_nothing_behind(
         assert mounts_under(bundle) == []
         assert not os.path.exists(runc_state_dir(containerd, container_id))
         assert wait_until(lambda: not os.path.exists(f"/proc/{init}"), 10)
+        memory = f"/sys/fs/cgroup/memory/{containerd.namespace}/{container_id}"
+        assert not os.path.exists(memory)
     finally:
         events.stop()
 
