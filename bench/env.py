@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,16 +70,7 @@ class Env:
     @classmethod
     def start(cls) -> Env:
         """A containerd of our own in a fresh temporary directory."""
-        ctrd = Containerd(Path(tempfile.mkdtemp(prefix=TMP_PREFIX)))
-        ctrd.namespace = NAMESPACE
-        try:
-            ctrd.spawn()
-            ctrd.wait_ready()
-            ctrd.import_image()
-        except BaseException:
-            ctrd.stop()
-            raise
-        return cls(ctrd, own=True)
+        return cls(Containerd.start(TMP_PREFIX, NAMESPACE), own=True)
 
     @property
     def tmp(self) -> Path:

@@ -134,9 +134,13 @@ class Containerd:
         return f"<Containerd pid={pid} address={self.address}>"
 
     @classmethod
-    def start(cls) -> Containerd:
-        """Start containerd in a fresh temporary directory, image imported."""
-        ctrd = cls(Path(tempfile.mkdtemp(prefix="rebootshim-it-")))
+    def start(
+        cls, prefix: str = "rebootshim-it-", namespace: str = NAMESPACE
+    ) -> Containerd:
+        """Start containerd in a fresh temporary directory, image imported
+        into ``namespace``."""
+        ctrd = cls(Path(tempfile.mkdtemp(prefix=prefix)))
+        ctrd.namespace = namespace
         try:
             ctrd.spawn()
             ctrd.wait_ready()
